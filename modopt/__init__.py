@@ -1,0 +1,10 @@
+"""modopt: Riemannian optimization of modular systems."""
+
+from . import losses, metrics
+from ._blocks import block_labels
+from ._module import AbstractModule, Group, Linear, Parallel, Pointwise, Sequential, mlp
+from .gradient import Direction, riemannian_direction, riemannian_gradient
+from .jacobian import AbstractJacobian, AutoJacobian, Forward, Reverse
+from .linalg import AbstractBlockSolver, AutoSolve, Primal, Woodbury
+
+__version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""The Riemannian gradient: loss, ``g``, ``K`` -> ``u = (D + K^T K)^-1 g`` per block."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._blocks import block_diagonal, partition, resolve_mass
+from .jacobian import AbstractJacobian, AutoJacobian, compute_pullback, linear_paths
+from .linalg import AbstractBlockSolver, AutoSolve, gram_woodbury_solve, primal_solve, woodbury_solve
+from .metrics import AbstractOutputMetric
+
+
+class Direction(eqx.Module):
+    """Everything one evaluation of the Riemannian gradient produces.
+
+    - `value`: the loss.
+    - `gradient`: the ordinary gradient ``g`` (structure of the parameters).
+    - `direction`: ``u`` with ``u_a = G_a^-1 g_a`` for every block ``a``.
+    - `predictions`: the model's batched outputs.
+    """
+
+    value: jax.Array
+    gradient: object
+    direction: object
+    predictions: jax.Array
+
+    @property
+    def riemannian_norm2(self) -> jax.Array:
+        """``g^T u``, the squared Riemannian gradient norm (>= 0)."""
+        dots = jax.tree.map(lambda g, u: jnp.sum(g * u), self.gradient, self.direction)
+        return sum(jax.tree.leaves(dots))
+
+    @property
+    def is_finite(self) -> jax.Array:
+        leaves = jax.tree.leaves((self.value, self.direction))
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _structured_blocks(model, part, masses) -> dict:
+    """Blocks that are exactly one reachable `Linear` with isotropic masses."""
+    index_tree = part.treedef.unflatten(list(range(len(part.shapes))))
+    block_of = {tuple(sorted(m)): b for b, m in enumerate(part.members)}
+    out = {}
+    for path, linear in linear_paths(model):
+        node = index_tree
+        for i in path:
+            node = node.modules[i]
+        indices = tuple(sorted(i for i in (node.weight, node.bias) if i is not None))
+        b = block_of.get(indices)
+        if b is not None and all(m.ndim == 0 for m in masses[b]):
+            out[b] = (path, linear)
+    return out
+
+
+def _per_sample_linear_matrix(delta, x, has_bias):
+    k_w = jnp.einsum("nko,ni->nkoi", delta, x).reshape(delta.shape[0] * delta.shape[1], -1)
+    if not has_bias:
+        return k_w
+    return jnp.concatenate([k_w, delta.reshape(k_w.shape[0], -1)], axis=-1)
+
+
+def riemannian_direction(
+    model,
+    loss_fn: Callable,
+    inputs,
+    targets,
+    *,
+    output_metric: AbstractOutputMetric,
+    mass,
+    jacobian: AbstractJacobian = AutoJacobian(),
+    solver: AbstractBlockSolver = AutoSolve(),
+    blocks=None,
+) -> Direction:
+    """As `riemannian_gradient`, returning the full `Direction`."""
+    if not isinstance(output_metric, AbstractOutputMetric):
+        raise TypeError(
+            "output_metric must be a modopt.metrics metric (Identity(), Diagonal(w), "
+            f"Dense(M), GaussNewton()), got {type(output_metric).__name__}."
+        )
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("The model has no trainable (inexact array) parameters.")
+    dtype = leaves[0].dtype
+
+    def loss_of(p):
+        predictions = jax.vmap(eqx.combine(p, static))(inputs)
+        return loss_fn(predictions, targets), predictions
+
+    (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(value)}.")
+    factor = output_metric.factor(predictions, targets, loss_fn)
+    part = partition(model, blocks)
+    masses = resolve_mass(model, mass, part, dtype)
+    structured = _structured_blocks(model, part, masses)
+    pull = compute_pullback(model, inputs, factor, part, structured, jacobian)
+
+    grads = part.split(gradient)
+    flat_grads = part.ravel(gradient)
+    directions = []
+    for b, members in enumerate(part.members):
+        shapes = [part.shapes[i] for i in members]
+        if pull.delta[b] is not None:
+            delta, x = pull.delta[b], pull.inputs[b]
+            _, linear = structured[b]
+            has_bias = linear.bias is not None
+            rows = delta.shape[0] * delta.shape[1]
+            if solver.use_dual(rows, part.sizes[b]):
+                u_w, u_b = gram_woodbury_solve(
+                    delta, x, grads[b][0], grads[b][1] if has_bias else None,
+                    masses[b][0], masses[b][-1],
+                )
+                directions.append(jnp.concatenate([u_w.reshape(-1)] + ([u_b] if has_bias else [])))
+                continue
+            k = _per_sample_linear_matrix(delta, x, has_bias)
+        else:
+            k = pull.dense[b]
+        dinv = 1 / block_diagonal(masses[b], shapes)
+        solve = woodbury_solve if solver.use_dual(k.shape[0], part.sizes[b]) else primal_solve
+        directions.append(solve(k, flat_grads[b], dinv))
+    direction = part.unravel(directions)
+    return Direction(value=value, gradient=gradient, direction=direction, predictions=predictions)
+
+
+def riemannian_gradient(
+    model,
+    loss_fn: Callable,
+    inputs,
+    targets,
+    *,
+    output_metric: AbstractOutputMetric,
+    mass,
+    jacobian: AbstractJacobian = AutoJacobian(),
+    solver: AbstractBlockSolver = AutoSolve(),
+    blocks=None,
+):
+    """The loss and the layerwise Riemannian gradient of `model`.
+
+    For every block ``a``: ``u_a = (D_a + K_a^T K_a)^-1 g_a`` with ``K_a = L J_a``,
+    ``J_a`` the Jacobian of the flattened batch of predictions in the block's
+    parameters, ``L^T L`` the output metric and ``D_a`` the block's diagonal mass.
+
+    **Arguments:**
+
+    - `model`: maps **one** input to one output; vmapped over the leading axis of
+      `inputs`. Its inexact arrays are the parameters.
+    - `loss_fn`: ``loss_fn(predictions, targets) -> scalar``.
+    - `inputs`, `targets`: the batch.
+    - `output_metric`: a `modopt.metrics` metric on the flattened predictions.
+    - `mass`: a positive float, or a pytree like the parameters with a scalar or a
+      full-shape positive array per parameter array. A module's own ``mass`` overrides
+      a float.
+    - `jacobian`: `AutoJacobian()` (default), `Reverse()` or `Forward()`.
+    - `solver`: `AutoSolve()` (default), `Woodbury()` or `Primal()`.
+    - `blocks`: optional block labels (see `modopt.block_labels`) to regroup blocks.
+
+    **Returns:** ``(value, direction)``, `direction` with the structure of
+    ``eqx.filter(model, eqx.is_inexact_array)``.
+
+    **Raises:** `ValueError`/`TypeError` for inputs that cannot work (wrong metric type,
+    a loss that is not scalar, a mass that is not positive, blocks of the wrong
+    structure). A metric that is not positive semidefinite raises at run time.
+    """
+    result = riemannian_direction(
+        model, loss_fn, inputs, targets, output_metric=output_metric, mass=mass,
+        jacobian=jacobian, solver=solver, blocks=blocks,
+    )
+    return result.value, result.direction
