@@ -1,0 +1,67 @@
+"""The ``modopt`` command: ``modopt demo`` and ``modopt run CONFIG.toml``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+DEMO_CONFIG = {
+    "example": "digits",
+    "run": "digits-demo",
+    "budget_s": 20.0,
+    "batch_size": 64,
+    "seed": 0,
+    "sizes": [64, 128, 128, 10],
+    "methods": {
+        "riemannian_steps": {"learning_rate": 1.0, "mass": 1.0, "metric": "gauss_newton"},
+        "riemannian_flow": {"mass": 1.0, "metric": "gauss_newton", "flow_s1": 1.0},
+        "sgd": {"learning_rate": 0.1, "momentum": 0.9},
+        "adam": {"learning_rate": 3e-3},
+    },
+}
+
+EXAMPLES = ("digits",)
+
+
+def _run(config: dict, out_root: Path) -> Path:
+    example = config.get("example")
+    if example not in EXAMPLES:
+        raise SystemExit(f"modopt: unknown example {example!r}; known: {', '.join(EXAMPLES)}.")
+    from .nn.digits_example import run_digits
+
+    out = out_root / config.get("run", example)
+    run_digits(config, out)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="modopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the shipped example (MLP on digits)")
+    demo.add_argument("--budget", type=float, default=None, help="seconds per method")
+    demo.add_argument("--out", default="results", help="results folder")
+    run = sub.add_parser("run", help="run an example from a TOML config file")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", default="results", help="results folder")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        config = dict(DEMO_CONFIG)
+        if args.budget is not None:
+            config["budget_s"] = args.budget
+    else:
+        if not args.config.is_file():
+            raise SystemExit(f"modopt run: no config file at {args.config}.")
+        try:
+            config = tomllib.loads(args.config.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise SystemExit(f"modopt run: {args.config} is not valid TOML: {error}")
+    out = _run(config, Path(args.out))
+    print(f"results written to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Neural-network helpers: data and training loops for the shipped examples."""

@@ -1,0 +1,120 @@
+"""Discrete Riemannian steps (the paper's Algorithm 1) as pure ``init``/``update``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._results import RESULTS
+from .gradient import riemannian_direction
+from .jacobian import AbstractJacobian, AutoJacobian
+from .linalg import AbstractBlockSolver, AutoSolve
+from .metrics import AbstractOutputMetric
+
+
+class AdaptiveMass(eqx.Module):
+    """Levenberg-Marquardt-style mass: after a step the loss is evaluated again; the
+    step is accepted if the loss did not rise (mass ``*= decrease``) and rejected
+    otherwise (mass ``*= increase``, parameters unchanged). The multiplier stays in
+    ``[min_scale, max_scale]``."""
+
+    increase: float = 4.0
+    decrease: float = 0.5
+    min_scale: float = 1e-6
+    max_scale: float = 1e8
+
+    def __check_init__(self):
+        if not (self.increase > 1 and 0 < self.decrease < 1):
+            raise ValueError("AdaptiveMass needs increase > 1 and 0 < decrease < 1.")
+
+
+class StepState(eqx.Module):
+    """State of `RiemannianSteps`.
+
+    - `mass_scale`: multiplier of the mass (1 unless adaptive).
+    - `value`: the loss at the parameters before the last update.
+    - `riemannian_norm2`: ``g^T u`` there.
+    - `accepted`: whether the last update was applied.
+    - `result`: a `RESULTS` code for the last update.
+    - `count`: number of updates made.
+    """
+
+    mass_scale: jax.Array
+    value: jax.Array
+    riemannian_norm2: jax.Array
+    accepted: jax.Array
+    result: RESULTS
+    count: jax.Array
+
+
+class RiemannianSteps(eqx.Module):
+    """Riemannian gradient steps ``w_a <- w_a - learning_rate * u_a`` for every block.
+
+    Pure functions in the optax style, safe inside your own ``jit`` and ``vmap``:
+
+    ```python
+    opt = modopt.RiemannianSteps(0.5, output_metric=modopt.metrics.Identity(), mass=1e-2)
+    state = opt.init(model)
+    updates, state = opt.update(model, state, loss_fn, inputs, targets)
+    model = eqx.apply_updates(model, updates)
+    ```
+
+    A step whose loss or direction is not finite is never applied (updates are zero,
+    ``state.result`` says why). With `adaptive_mass`, a step that raises the loss is
+    rejected as well.
+
+    **Arguments:** `learning_rate`; `output_metric`; `mass` (float or per-array pytree);
+    `adaptive_mass` (an `AdaptiveMass` or ``None``); `jacobian`; `solver`.
+    """
+
+    learning_rate: float
+    output_metric: AbstractOutputMetric
+    mass: object
+    adaptive_mass: AdaptiveMass | None = None
+    jacobian: AbstractJacobian = AutoJacobian()
+    solver: AbstractBlockSolver = AutoSolve()
+
+    def init(self, model) -> StepState:
+        dtype = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+        return StepState(
+            mass_scale=jnp.ones((), dtype),
+            value=jnp.full((), jnp.inf, dtype),
+            riemannian_norm2=jnp.full((), jnp.inf, dtype),
+            accepted=jnp.array(True),
+            result=RESULTS.successful,
+            count=jnp.zeros((), jnp.int32),
+        )
+
+    def update(self, model, state: StepState, loss_fn: Callable, inputs, targets):
+        """One step. **Returns:** ``(updates, state)``; apply with ``eqx.apply_updates``."""
+        mass = jax.tree.map(lambda m: m * state.mass_scale, self.mass)
+        d = riemannian_direction(
+            model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=mass,
+            jacobian=self.jacobian, solver=self.solver,
+        )
+        updates = jax.tree.map(lambda u: -self.learning_rate * u, d.direction)
+        ok = d.is_finite
+        scale = state.mass_scale
+        if self.adaptive_mass is not None:
+            trial = eqx.apply_updates(model, updates)
+            new_value = loss_fn(jax.vmap(trial)(inputs), targets)
+            improved = jnp.isfinite(new_value) & (new_value <= d.value)
+            ok = ok & improved
+            a = self.adaptive_mass
+            scale = jnp.clip(
+                jnp.where(ok, scale * a.decrease, scale * a.increase), a.min_scale, a.max_scale
+            ).astype(scale.dtype)
+        updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+        nonfinite = ~d.is_finite
+        state = StepState(
+            mass_scale=scale,
+            value=d.value,
+            riemannian_norm2=d.riemannian_norm2,
+            accepted=ok,
+            result=RESULTS.where(nonfinite, RESULTS.nonfinite_step, RESULTS.successful),
+            count=state.count + 1,
+        )
+        return updates, state
