@@ -84,7 +84,9 @@ class RiemannianSteps(eqx.Module):
             value=jnp.full((), jnp.inf, dtype),
             riemannian_norm2=jnp.full((), jnp.inf, dtype),
             accepted=jnp.array(True),
-            result=RESULTS.successful,
+            # A JAX array (not the enum's NumPy constant), so that a jitted step sees the
+            # same kind of input on every call and does not compile twice.
+            result=RESULTS.where(jnp.array(False), RESULTS.successful, RESULTS.successful),
             count=jnp.zeros((), jnp.int32),
         )
 
