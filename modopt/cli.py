@@ -16,7 +16,8 @@ DEMO_CONFIG = {
     "sizes": [64, 128, 128, 10],
     "methods": {
         "riemannian_steps": {"learning_rate": 1.0, "mass": 1.0, "metric": "gauss_newton"},
-        "riemannian_flow": {"mass": 1.0, "metric": "gauss_newton", "flow_s1": 1.0},
+        "riemannian_flow": {"mass": 0.05, "metric": "gauss_newton", "flow_s1": 2.0,
+                            "flow_solver": "heun", "flow_rtol": 0.1},
         "sgd": {"learning_rate": 0.1, "momentum": 0.9},
         "adam": {"learning_rate": 3e-3},
     },

@@ -38,6 +38,7 @@ class MethodConfig:
     adaptive_mass: bool = True
     flow_s1: float = 1.0
     flow_rtol: float = 1e-2
+    flow_solver: str = "bosh3"
     momentum: float = 0.9
     extra: dict = field(default_factory=dict)
 
@@ -48,6 +49,13 @@ def _metric(name):
     if name == "identity":
         return metrics.Identity()
     raise ValueError(f"unknown metric {name!r}; use 'gauss_newton' or 'identity'.")
+
+
+def _ode_solver(name):
+    solvers = {"heun": diffrax.Heun, "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5}
+    if name not in solvers:
+        raise ValueError(f"unknown flow_solver {name!r}; choose from {sorted(solvers)}.")
+    return solvers[name]()
 
 
 def make_step(cfg: MethodConfig):
@@ -94,7 +102,7 @@ def make_step(cfg: MethodConfig):
         def step(model, state, x, y):
             sol = flow(
                 model, loss_fn, x, y, output_metric=_metric(cfg.metric), mass=cfg.mass,
-                s1=cfg.flow_s1, max_steps=64, ts=jnp.zeros(1),
+                s1=cfg.flow_s1, max_steps=64, ts=jnp.zeros(1), ode_solver=_ode_solver(cfg.flow_solver),
                 stepsize_controller=diffrax.PIDController(rtol=cfg.flow_rtol, atol=1e-4),
             )
             return sol.model, state, sol.value
