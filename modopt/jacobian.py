@@ -21,6 +21,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._module import Linear, Parallel, Sequential
@@ -135,7 +136,7 @@ def compute_pullback(
 def _forward(params, static, inputs, factor, part, chunk_size):
     vectors = part.ravel(params)
     theta = jnp.concatenate(vectors)
-    splits = [int(s) for s in jnp.cumsum(jnp.array(part.sizes))[:-1]]
+    splits = [int(s) for s in np.cumsum(part.sizes)[:-1]]
 
     def batch_output(theta):
         p = part.unravel(jnp.split(theta, splits))

@@ -68,6 +68,25 @@ def test_jitted_step_does_not_recompile_on_new_values():
     assert [m for m in handler.messages if "step" in m] == []
 
 
+@pytest.mark.parametrize(
+    "jacobian", [modopt.Forward(), modopt.Reverse(), modopt.Reverse(structured=False),
+                 modopt.Forward(chunk_size=5), modopt.AutoJacobian()],
+)
+def test_every_jacobian_strategy_under_jit(jacobian):
+    model, x, y = _problem(jnp.float64)
+    kw = dict(output_metric=modopt.metrics.Identity(), mass=0.3, jacobian=jacobian)
+    jitted = eqx.filter_jit(
+        lambda m, x, y: modopt.riemannian_gradient(m, modopt.losses.squared_error, x, y, **kw)
+    )
+    _, got = jitted(model, x, y)
+    _, want = modopt.riemannian_gradient(
+        model, modopt.losses.squared_error, x, y, output_metric=modopt.metrics.Identity(),
+        mass=0.3, jacobian=modopt.Reverse(structured=False),
+    )
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_no_recompile_counted_by_trace():
     traces = []
 
