@@ -80,7 +80,8 @@ def _plot(histories: dict, out: Path) -> None:
         if key == "loss":
             ax.set_yscale("log")
         else:
-            ax.set_ylim(0.8, 1.0)
+            lowest = min(min(h["test_accuracy"][1:], default=0.0) for h in histories.values())
+            ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
