@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from ._module import AbstractModule, Group, Parallel, Sequential
 
@@ -127,8 +128,7 @@ def resolve_mass(model, mass, part: BlockPartition, dtype) -> list[list[jax.Arra
     **Raises:** `ValueError` for a mass that is not positive or of the wrong structure.
     """
     if _is_scalar(mass):
-        if isinstance(mass, (int, float)) and not mass > 0:
-            raise ValueError(f"mass must be positive, got {mass}.")
+        _check_positive(mass, "mass")
         return [
             [jnp.asarray(mass if own is None else own, dtype)] * len(members)
             for own, members in zip(part.declared_mass, part.members)
@@ -141,6 +141,8 @@ def resolve_mass(model, mass, part: BlockPartition, dtype) -> list[list[jax.Arra
                 "mass must be a positive float or a pytree with the structure of "
                 f"eqx.filter(model, eqx.is_inexact_array): {error}"
             ) from None
+        for m in per_leaf:
+            _check_positive(m, "every entry of a per-array mass")
         per_leaf = [jnp.asarray(m, dtype) for m in per_leaf]
         for m, shape in zip(per_leaf, part.shapes):
             if m.shape not in ((), shape):
@@ -148,6 +150,16 @@ def resolve_mass(model, mass, part: BlockPartition, dtype) -> list[list[jax.Arra
                     f"a per-array mass must be a scalar or of shape {shape}, got {m.shape}."
                 )
     return [[per_leaf[i] for i in members] for members in part.members]
+
+
+def _check_positive(mass, what: str) -> None:
+    """Raise for a concrete mass that is not positive (a traced one cannot be checked)."""
+    try:
+        values = np.asarray(mass, dtype=np.float64)
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        return
+    if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+        raise ValueError(f"{what} must be positive and finite, got {mass}.")
 
 
 def _is_scalar(x) -> bool:

@@ -91,9 +91,10 @@ def riemannian_direction(
         predictions = jax.vmap(eqx.combine(p, static))(inputs)
         return loss_fn(predictions, targets), predictions
 
+    value_shape = jax.eval_shape(loss_of, params)[0].shape
+    if value_shape != ():
+        raise ValueError(f"loss_fn must return a scalar, got shape {value_shape}.")
     (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
-    if jnp.ndim(value) != 0:
-        raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(value)}.")
     factor = output_metric.factor(predictions, targets, loss_fn)
     part = partition(model, blocks)
     masses = resolve_mass(model, mass, part, dtype)
