@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._module import AbstractModule, Group, Parallel, Sequential
+from ._module import AbstractModule, Parallel, Sequential
 
 _COMPOSITES = (Sequential, Parallel)
 
