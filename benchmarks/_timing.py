@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -110,12 +112,28 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def summarise_samples(rows: list[dict]) -> list[dict]:
+    """Replace each raw list of timings (``all_s``, ``*_all_s``) by its quantiles."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for key in [k for k in row if k == "all_s" or k.endswith("_all_s")]:
+            samples = np.asarray(row.pop(key), dtype=float)
+            quantiles = np.quantile(samples, [0.0, 0.1, 0.5, 0.9, 1.0]) if samples.size else []
+            row[key[: -len("all_s")] + "quantiles_s"] = dict(
+                zip(["min", "p10", "median", "p90", "max"], map(float, quantiles))
+            )
+        out.append(row)
+    return out
+
+
 def write_results(name: str, rows: list[dict], meta: dict, markdown: str) -> tuple[Path, Path]:
     """Write ``results/<name>.json`` (rows + meta) and ``results/<name>.md``; print the md."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, loadavg_end=list(os.getloadavg()))
     json_path = RESULTS / f"{name}.json"
     md_path = RESULTS / f"{name}.md"
+    rows = summarise_samples(rows)
     json_path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2, default=float) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
     print(markdown)
