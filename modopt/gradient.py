@@ -74,8 +74,13 @@ def riemannian_direction(
     jacobian: AbstractJacobian = AutoJacobian(),
     solver: AbstractBlockSolver = AutoSolve(),
     blocks=None,
+    mass_scale=1.0,
 ) -> Direction:
-    """As `riemannian_gradient`, returning the full `Direction`."""
+    """As `riemannian_gradient`, returning the full `Direction`.
+
+    `mass_scale` multiplies every block's resolved mass, module-declared ones included
+    (the adaptive damping of `RiemannianSteps`).
+    """
     if not isinstance(output_metric, AbstractOutputMetric):
         raise TypeError(
             "output_metric must be a modopt.metrics metric (Identity(), Diagonal(w), "
@@ -97,7 +102,7 @@ def riemannian_direction(
     (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)
     part = partition(model, blocks)
-    masses = resolve_mass(model, mass, part, dtype)
+    masses = [[m * mass_scale for m in block] for block in resolve_mass(model, mass, part, dtype)]
     structured = _structured_blocks(model, part, masses)
     pull = compute_pullback(model, inputs, factor, part, structured, jacobian)
 

@@ -51,30 +51,33 @@ class AbstractOutputMetric(eqx.Module):
         """The factor at `predictions` (shape ``(batch, *out)``)."""
 
 
+def _eigh_root(matrix: Array) -> tuple[Array, Array]:
+    """Eigenvalues and the root ``R`` (``R^T R``) of the PSD part of a symmetric matrix."""
+    matrix = 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
+    values, vectors = jnp.linalg.eigh(matrix)
+    root = jnp.sqrt(jnp.clip(values, 0.0))[..., :, None] * jnp.swapaxes(vectors, -1, -2)
+    return values, root
+
+
 def _psd_root(matrix: Array, where: str, tol: float) -> Array:
     """An exact root ``R`` (``R^T R = matrix``) of a symmetric PSD matrix, by eigh.
 
     Singular matrices are fine (no Cholesky). A matrix with an eigenvalue below
     ``-tol * max|eigenvalue|`` raises at run time (``eqx.error_if``).
     """
-    matrix = 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
-    values, vectors = jnp.linalg.eigh(matrix)
+    values, root = _eigh_root(matrix)
     scale = jnp.max(jnp.abs(values), axis=-1, keepdims=True)
-    values = eqx.error_if(
-        values,
+    return eqx.error_if(
+        root,
         jnp.any(values < -tol * scale) | ~jnp.all(jnp.isfinite(values)),
         f"{where}: the output metric is not positive semidefinite (or not finite). "
         "Check the matrix or function you passed.",
     )
-    root = jnp.sqrt(jnp.clip(values, 0.0))[..., :, None] * jnp.swapaxes(vectors, -1, -2)
-    return root
 
 
 def _psd_part_root(matrix: Array) -> Array:
     """Root of the positive semidefinite part (negative eigenvalues dropped)."""
-    matrix = 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
-    values, vectors = jnp.linalg.eigh(matrix)
-    return jnp.sqrt(jnp.clip(values, 0.0))[..., :, None] * jnp.swapaxes(vectors, -1, -2)
+    return _eigh_root(matrix)[1]
 
 
 def _check_concrete_psd(matrix, where: str, tol: float) -> None:

@@ -92,10 +92,9 @@ class RiemannianSteps(eqx.Module):
 
     def update(self, model, state: StepState, loss_fn: Callable, inputs, targets):
         """One step. **Returns:** ``(updates, state)``; apply with ``eqx.apply_updates``."""
-        mass = jax.tree.map(lambda m: m * state.mass_scale, self.mass)
         d = riemannian_direction(
-            model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=mass,
-            jacobian=self.jacobian, solver=self.solver,
+            model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=self.mass,
+            jacobian=self.jacobian, solver=self.solver, mass_scale=state.mass_scale,
         )
         updates = jax.tree.map(lambda u: -self.learning_rate * u, d.direction)
         ok = d.is_finite

@@ -202,3 +202,28 @@ def test_discrete_steps_match_levenberg_marquardt_closed_form():
     r = A @ w - np.asarray(b)[:, 0]
     want = -np.linalg.solve(A.T @ A + mu * np.eye(4), A.T @ r)
     np.testing.assert_allclose(updates.weight[0], want, rtol=1e-12)
+
+
+def test_adaptive_mass_scales_module_declared_masses_too():
+    # A module's own mass overrides the global one; the adaptive scale must still apply.
+    key = jr.PRNGKey(0)
+    model = modopt.Sequential([modopt.Linear(3, 4, key=key, mass=2.0), modopt.Pointwise(jnp.tanh),
+                               modopt.Linear(4, 2, key=jr.PRNGKey(1))])
+    x = jr.normal(jr.PRNGKey(2), (5, 3))
+    y = jr.normal(jr.PRNGKey(3), (5, 2))
+    opt = modopt.RiemannianSteps(1.0, output_metric=modopt.metrics.Identity(), mass=0.5,
+                                 adaptive_mass=modopt.AdaptiveMass())
+    state = eqx.tree_at(lambda s: s.mass_scale, opt.init(model), jnp.asarray(8.0))
+    d = modopt.riemannian_direction(
+        model, modopt.losses.squared_error, x, y, output_metric=modopt.metrics.Identity(),
+        mass=0.5, mass_scale=state.mass_scale,
+    )
+    per_array = jax.tree.map(lambda _: 4.0, eqx.filter(model, eqx.is_inexact_array))
+    per_array = eqx.tree_at(lambda m: (m.modules[0].weight, m.modules[0].bias), per_array,
+                            (16.0, 16.0))
+    _, want = modopt.riemannian_gradient(
+        model, modopt.losses.squared_error, x, y, output_metric=modopt.metrics.Identity(),
+        mass=per_array,
+    )
+    for a, b in zip(jax.tree.leaves(d.direction), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
