@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -323,3 +324,55 @@ def mlp(
         if i < len(keys) - 1:
             layers.append(Pointwise(activation))
     return Sequential(layers)
+
+
+SENSITIVITY_MODES = ("auto", "forward", "reverse")
+
+
+class AbstractSystemModule(AbstractModule):
+    """A module whose map can be differentiated in only one mode at a time.
+
+    A Diffrax solve with a reverse adjoint cannot be pushed forward (it is a
+    ``custom_vjp``), and one with ``diffrax.ForwardMode()`` cannot be pulled back. Such a
+    module declares `sensitivity`:
+
+    - ``"auto"`` (default): the engine picks per call, by shape (see `AutoJacobian`):
+      forward mode when the model has fewer parameters than output rows per pass.
+      Called outside the engine, an ``"auto"`` module is reverse-differentiable.
+    - ``"forward"`` or ``"reverse"``: forced by the user.
+
+    Subclasses are dataclass-like (no custom ``__init__``), so that
+    `with_sensitivity` can rebuild them with another mode.
+    """
+
+    sensitivity: eqx.AbstractVar[str]
+
+    def __check_init__(self):
+        if self.sensitivity not in SENSITIVITY_MODES:
+            raise ValueError(
+                f"{type(self).__name__}: sensitivity must be one of {SENSITIVITY_MODES}, "
+                f"got {self.sensitivity!r}."
+            )
+
+    def with_sensitivity(self, mode: str):
+        """A copy differentiated in `mode` (``"forward"`` or ``"reverse"``)."""
+        return dataclasses.replace(self, sensitivity=mode)
+
+
+def _is_system(node) -> bool:
+    return isinstance(node, AbstractSystemModule)
+
+
+def forced_sensitivities(model) -> set[str]:
+    """The modes that modules of `model` force (``"auto"`` ones are left out)."""
+    nodes = jax.tree.leaves(model, is_leaf=_is_system)
+    return {n.sensitivity for n in nodes if _is_system(n) and n.sensitivity != "auto"}
+
+
+def resolve_sensitivity(model, mode: str):
+    """`model` with every ``sensitivity="auto"`` module set to `mode`."""
+    return jax.tree.map(
+        lambda n: n.with_sensitivity(mode) if _is_system(n) and n.sensitivity == "auto" else n,
+        model,
+        is_leaf=_is_system,
+    )

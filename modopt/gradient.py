@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._blocks import block_diagonal, partition, resolve_mass
+from ._module import forced_sensitivities
 from .jacobian import AbstractJacobian, AutoJacobian, compute_pullback, linear_paths
 from .linalg import AbstractBlockSolver, AutoSolve, gram_woodbury_solve, primal_solve, woodbury_solve
 from .metrics import AbstractOutputMetric
@@ -99,7 +100,16 @@ def riemannian_direction(
     value_shape = jax.eval_shape(loss_of, params)[0].shape
     if value_shape != ():
         raise ValueError(f"loss_fn must return a scalar, got shape {value_shape}.")
-    (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
+    if "forward" in forced_sensitivities(model):
+        # Forward-only modules: n JVPs give the gradient (forward mode was forced because
+        # the parameters are few).
+        def loss_twice(p):
+            value, predictions = loss_of(p)
+            return value, (value, predictions)
+
+        gradient, (value, predictions) = jax.jacfwd(loss_twice, has_aux=True)(params)
+    else:
+        (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)
     part = partition(model, blocks)
     masses = [[m * mass_scale for m in block] for block in resolve_mass(model, mass, part, dtype)]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._module import Linear, Parallel, Sequential
+from ._module import Linear, Parallel, Sequential, forced_sensitivities, resolve_sensitivity
 from .metrics import SampleFactor
 
 
@@ -126,11 +126,37 @@ def compute_pullback(
         rows_per_pass = factor.rows.shape[1]
     else:
         rows_per_pass = factor.matrix.shape[0]
-    mode = jacobian.mode(num_params, rows_per_pass)
+    mode = pullback_mode(model, jacobian, num_params, rows_per_pass)
     if mode == "forward":
         return _forward(params, static, inputs, factor, part, jacobian.chunk_size)
     taps = structured if mode == "structured" else {}
     return _reverse(params, static, inputs, factor, part, taps, jacobian.chunk_size)
+
+
+def pullback_mode(model, jacobian: AbstractJacobian, num_params: int, rows_per_pass: int) -> str:
+    """The strategy's mode, reconciled with modes that modules force.
+
+    **Raises:** `ValueError` when modules force both modes, or when the user's strategy
+    contradicts a module's forced mode.
+    """
+    forced = forced_sensitivities(model)
+    if len(forced) > 1:
+        raise ValueError(
+            "Some modules force sensitivity='forward' and others 'reverse'; one Jacobian "
+            "pass cannot do both. Set them to 'auto' (or all to the same mode)."
+        )
+    mode = jacobian.mode(num_params, rows_per_pass)
+    if not forced:
+        return mode
+    (want,) = forced
+    if isinstance(jacobian, AutoJacobian):
+        return "forward" if want == "forward" else "structured"
+    if (want == "forward") != (mode == "forward"):
+        raise ValueError(
+            f"jacobian={type(jacobian).__name__}() contradicts a module's "
+            f"sensitivity={want!r}; use AutoJacobian() or set the module to 'auto'."
+        )
+    return mode
 
 
 def _forward(params, static, inputs, factor, part, chunk_size):
@@ -140,7 +166,7 @@ def _forward(params, static, inputs, factor, part, chunk_size):
 
     def batch_output(theta):
         p = part.unravel(jnp.split(theta, splits))
-        model = eqx.combine(p, static)
+        model = resolve_sensitivity(eqx.combine(p, static), "forward")
         return jax.vmap(lambda x: _flat(model(x)))(inputs)  # (batch, p)
 
     def column(j):
