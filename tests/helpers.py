@@ -169,13 +169,13 @@ def dense_reference_direction(
     theta0, f, unravel = flat_model(model, inputs)
     shape = jax.eval_shape(jax.vmap(model), inputs).shape
 
-    def loss_of_theta(theta):
-        return loss_fn(f(theta).reshape(shape), targets)
-
-    value, g = jax.jit(jax.value_and_grad(loss_of_theta))(theta0)
+    # g = J^T dl/dy with J by forward mode only, so that forward-only modules (an ODE
+    # solve with diffrax.ForwardMode) have a reference too.
+    y = jax.jit(f)(theta0)
+    value, dl_dy = jax.value_and_grad(lambda y: loss_fn(y.reshape(shape), targets))(y)
     value = float(value)
-    g = np.asarray(g, np.float64)
     j = np.asarray(jax.jit(jax.jacfwd(f))(theta0), np.float64)
+    g = j.T @ np.asarray(dl_dy, np.float64)
     m = np.asarray(metric_matrix, np.float64)
     dvec = mass_diagonal(model, mass)
     groups = reference_blocks(model) if blocks is None else blocks_from_labels(model, blocks)

@@ -1,0 +1,3 @@
+"""Biological models: gene-regulatory and developmental systems as modopt modules."""
+
+from .toggle import TOGGLE_NOMINAL, toggle_switch
