@@ -23,17 +23,57 @@ DEMO_CONFIG = {
     },
 }
 
-EXAMPLES = ("digits",)
+EXAMPLES = ("digits", "parameter_recovery")
+
+
+def _recovery_problem(name: str):
+    import numpy as np
+
+    from .systems.recovery import RecoveryProblem
+
+    if name == "toggle_switch":
+        from .bio import TOGGLE_NOMINAL, toggle_switch
+
+        conditions = [[iptg, u0, v0] for iptg in (0.0, 1e-5, 3e-5, 1e-3)
+                      for u0, v0 in ((0.1, 10.0), (10.0, 0.1))]
+        return RecoveryProblem(
+            lambda times, p: toggle_switch(times, p, rtol=1e-7, atol=1e-7),
+            TOGGLE_NOMINAL, np.array(conditions), output_names=("u", "v"),
+        )
+    raise SystemExit(f"modopt: unknown recovery model {name!r}; known: toggle_switch.")
+
+
+def _run_recovery(config: dict, out: Path) -> None:
+    import numpy as np
+
+    from .systems.recovery import recover, write_report
+
+    problem = _recovery_problem(config.get("model", ""))
+    t = config.get("times", {})
+    times = np.linspace(t.get("start", 0.25), t.get("stop", 10.0), t.get("num", 20))
+    options = {k: config[k] for k in ("noise", "noise_floor", "start_offset", "seed", "mass",
+                                       "s1", "gtol", "max_steps") if k in config}
+    summary = recover(problem, times, progress=True, **options)
+    write_report(summary, out, problem.output_names)
+    for name, row in summary["parameters"].items():
+        print(f"{name:>8}: truth {row['truth']:.5g}  estimate {row['estimate']:.5g}  "
+              f"error {100 * row['relative_error']:+.2f} %  z {row['z_score']:+.2f}")
 
 
 def _run(config: dict, out_root: Path) -> Path:
     example = config.get("example")
     if example not in EXAMPLES:
         raise SystemExit(f"modopt: unknown example {example!r}; known: {', '.join(EXAMPLES)}.")
-    from .nn.digits_example import run_digits
-
     out = out_root / config.get("run", example)
-    run_digits(config, out)
+    if example == "parameter_recovery":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        _run_recovery(config, out)
+    else:
+        from .nn.digits_example import run_digits
+
+        run_digits(config, out)
     return out
 
 
