@@ -40,7 +40,20 @@ def _recovery_problem(name: str):
             lambda times, p: toggle_switch(times, p, rtol=1e-7, atol=1e-7),
             TOGGLE_NOMINAL, np.array(conditions), output_names=("u", "v"),
         )
-    raise SystemExit(f"modopt: unknown recovery model {name!r}; known: toggle_switch.")
+    if name == "tanh_node_circuit":
+        import diffrax
+
+        from .circuits import TANH_NODE_NOMINAL, tanh_node_circuit
+
+        return RecoveryProblem(
+            lambda times, p: tanh_node_circuit(
+                times, p, solver=diffrax.Tsit5(), rtol=1e-6, atol=1e-8
+            ),
+            TANH_NODE_NOMINAL, np.array([[1.0], [3.0]]), output_names=("x", "z", "i"),
+        )
+    raise SystemExit(
+        f"modopt: unknown recovery model {name!r}; known: toggle_switch, tanh_node_circuit."
+    )
 
 
 def _run_recovery(config: dict, out: Path) -> None:

@@ -20,3 +20,12 @@ def test_toggle_switch_parameters_are_recovered_within_the_noise():
     np.testing.assert_allclose(np.abs(np.array(starts) - 1), 0.5)
     assert summary["loss"] <= summary["loss_at_truth"]
     assert summary["max_abs_z"] <= 3.0, summary["parameters"]
+
+
+def test_index_one_dae_circuit_parameters_are_recovered_within_the_noise():
+    problem = _recovery_problem("tanh_node_circuit")
+    summary = recover(problem, np.linspace(0.25, 6.0, 15), noise=0.05, start_offset=0.5,
+                      seed=0, mass=1e-3, s1=40.0, gtol=1e-6)
+    assert summary["converged"], summary["result"]
+    assert summary["loss"] <= summary["loss_at_truth"]
+    assert summary["max_abs_z"] <= 3.0, summary["parameters"]
