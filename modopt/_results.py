@@ -30,3 +30,10 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "a better initial guess, a longer settling time (t_settle), or check that the "
         "system has a stable equilibrium for these parameters."
     )
+    operating_point_not_found = (
+        "No DC operating point was found: Newton, gmin stepping and source stepping all "
+        "failed. Check for a node without a DC path to ground, a loop of voltage sources "
+        "and inductors, or element values that make the circuit singular (zero or "
+        "negative R, L or C); give a starting guess with .ic if the circuit has several "
+        "operating points."
+    )

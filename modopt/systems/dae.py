@@ -82,6 +82,8 @@ class IndexOneDAE(AbstractSystemModule):
       ``None`` (default) for ``sqrt(eps)`` of the parameters' dtype (Newton converges
       quadratically, so the result is accurate to about ``eps``).
     - `newton_max_steps`: the most Newton iterations per algebraic solve.
+    - `jump_ts`: times where the inputs jump or kink (source corners); the solver steps
+      onto them instead of across.
     - `max_condition`: the largest condition number of ``dG/dz`` at the consistent
       initial point still taken as regular; ``None`` (default) for ``0.01 / eps``.
     - `sensitivity`: ``"auto"``, ``"forward"`` or ``"reverse"`` (see
@@ -118,6 +120,7 @@ class IndexOneDAE(AbstractSystemModule):
     newton_atol: float | None = eqx.field(static=True, default=None)
     newton_max_steps: int = eqx.field(static=True, default=32)
     max_condition: float | None = eqx.field(static=True, default=None)
+    jump_ts: tuple[float, ...] = eqx.field(static=True, default=(), converter=tuple)
     sensitivity: str = eqx.field(static=True, kw_only=True, default="auto")
     throw: bool = eqx.field(static=True, default=False)
     in_shape: tuple[int, ...] | None = eqx.field(static=True, kw_only=True, default=None)
@@ -197,6 +200,13 @@ class IndexOneDAE(AbstractSystemModule):
         # 0 / 0 (a zero Jacobian) is NaN, which fails every comparison: singular.
         return singular_values[0] / singular_values[-1]
 
+    def _controller(self):
+        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+        jumps = [t for t in self.jump_ts if self.t0 < t < self.times[-1]]
+        if jumps:
+            return diffrax.ClipStepSizeController(controller, jump_ts=sorted(jumps))
+        return controller
+
     def solve(self, u=None) -> SystemSolution:
         """Integrate for input `u`.
 
@@ -256,7 +266,7 @@ class IndexOneDAE(AbstractSystemModule):
             diffrax.ODETerm(term), self.solver, self.t0, self.times[-1], self.dt0,
             (x0, z_start),
             saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
+            stepsize_controller=self._controller(),
             adjoint=adjoint_for(self.sensitivity), max_steps=self.max_steps, throw=False,
         )
         xs, z_carried = sol.ys
