@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _timing import write_results  # noqa: E402
 
-from modopt.cli import DEMO_CONFIG  # noqa: E402
+from modopt.cli import DIGITS_CONFIG  # noqa: E402
 from modopt.nn.data import load_digits_split  # noqa: E402
 from modopt.nn.train import MethodConfig, train  # noqa: E402
 
@@ -30,13 +30,13 @@ def main():
     parser.add_argument("--budget", type=float, default=60.0)
     args = parser.parse_args()
     rows = []
-    for name, options in DEMO_CONFIG["methods"].items():
+    for name, options in DIGITS_CONFIG["methods"].items():
         cfg = MethodConfig(name, **options)
         reached_s, reached_steps, finals = [], [], []
         for seed in range(args.seeds):
             data = load_digits_split(seed)
             h = train(cfg, data, seed=seed, budget_s=args.budget, target_accuracy=args.target,
-                      eval_every=5, batch_size=DEMO_CONFIG["batch_size"])
+                      eval_every=5, batch_size=DIGITS_CONFIG["batch_size"])
             finals.append(h["test_accuracy"][-1])
             if h["reached"] is not None:
                 reached_s.append(h["reached"]["time_s"])
@@ -59,7 +59,7 @@ def main():
         f"{fmt(r['median_steps'], '.0f')} |\n" for r in rows
     )
     meta = {"target": args.target, "budget_s": args.budget, "seeds": args.seeds,
-            "batch_size": DEMO_CONFIG["batch_size"], "model": "MLP 64-128-128-10, float32"}
+            "batch_size": DIGITS_CONFIG["batch_size"], "model": "MLP 64-128-128-10, float32"}
     command = (f".venv/bin/python benchmarks/bench_digits_accuracy.py --seeds {args.seeds} "
                f"--target {args.target} --budget {args.budget}")
     markdown = (f"# Steps and seconds to {args.target:.0%} test accuracy on digits\n\n"

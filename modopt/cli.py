@@ -7,7 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-DEMO_CONFIG = {
+DIGITS_CONFIG = {
     "example": "digits",
     "run": "digits-demo",
     "budget_s": 20.0,
@@ -23,7 +23,7 @@ DEMO_CONFIG = {
     },
 }
 
-EXAMPLES = ("digits", "parameter_recovery")
+EXAMPLES = ("digits", "parameter_recovery", "circuit_design")
 
 
 def _recovery_problem(name: str):
@@ -78,11 +78,16 @@ def _run(config: dict, out_root: Path) -> Path:
     if example not in EXAMPLES:
         raise SystemExit(f"modopt: unknown example {example!r}; known: {', '.join(EXAMPLES)}.")
     out = out_root / config.get("run", example)
-    if example == "parameter_recovery":
+    if example in ("parameter_recovery", "circuit_design"):
         import jax
 
         jax.config.update("jax_enable_x64", True)
+    if example == "parameter_recovery":
         _run_recovery(config, out)
+    elif example == "circuit_design":
+        from .circuits.design_examples import run_design
+
+        run_design(config, out)
     else:
         from .nn.digits_example import run_digits
 
@@ -93,8 +98,9 @@ def _run(config: dict, out_root: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="modopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the shipped example (MLP on digits)")
-    demo.add_argument("--budget", type=float, default=None, help="seconds per method")
+    demo = sub.add_parser(
+        "demo", help="run the shipped example: a Butterworth LC ladder designed from 20 "
+        "random starts (examples/circuits/butterworth_ladder.toml)")
     demo.add_argument("--out", default="results", help="results folder")
     run = sub.add_parser("run", help="run an example from a TOML config file")
     run.add_argument("config", type=Path)
@@ -102,9 +108,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        config = dict(DEMO_CONFIG)
-        if args.budget is not None:
-            config["budget_s"] = args.budget
+        from .circuits.design_examples import DEFAULT_LADDER
+
+        config = dict(DEFAULT_LADDER)
     else:
         if not args.config.is_file():
             raise SystemExit(f"modopt run: no config file at {args.config}.")

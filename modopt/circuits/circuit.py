@@ -263,9 +263,17 @@ class Circuit(eqx.Module):
 
     # ------------------------------------------------------------------ transient
 
-    def dae(self, times, *, uic: bool = False, **dae_options) -> IndexOneDAE:
-        """The transient as a semi-explicit index-1 DAE module (see `transient`)."""
-        return _transient_dae(self, as_times(times), uic, dae_options)
+    def dae(self, times, *, uic: bool = False, drive: str | None = None,
+            **dae_options) -> IndexOneDAE:
+        """The transient as a semi-explicit index-1 DAE module (see `transient`).
+
+        With `drive` naming an independent source, the module's input is that source's
+        waveform sampled at `times` (linear in between; before the first time, the first
+        value, which also sets the operating point); otherwise it takes no input.
+        """
+        if drive is not None and drive not in [e.name for e, _ in self.topology.sources]:
+            raise ValueError(f"dae: {drive!r} is not an independent source.")
+        return _transient_dae(self, as_times(times), uic, drive, dae_options)
 
     def simulate(self, times, *, uic: bool = False, **dae_options):
         """The transient's `modopt.systems.SystemSolution`; its `outputs` are the unknowns
@@ -295,7 +303,7 @@ def _orthonormal_split(incidence: np.ndarray):
     return u[:, :rank], u[:, rank:]
 
 
-def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOneDAE:
+def _transient_dae(circuit: Circuit, times, uic: bool, drive, options: dict) -> IndexOneDAE:
     """Split the unknowns into differential ones (the node-voltage combinations that
     capacitors see, ``y = V1^T v``, and inductor currents) and algebraic ones (the rest
     of the node voltages, ``w = V2^T v``, and the other branch currents). Because the
@@ -310,7 +318,8 @@ def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOn
     others = [i for i in range(n, size) if i not in inductors]
     rank = v1.shape[1]
     stop = times[-1]
-    jumps = sorted({t for e, _ in topology.sources for t in breakpoints(e, stop)})
+    jumps = sorted({t for e, _ in topology.sources if e.name != drive
+                    for t in breakpoints(e, stop)})
 
     def assemble(xd, z, dtype):
         y, i_l = xd[:rank], xd[rank:]
@@ -319,14 +328,17 @@ def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOn
         x = x.at[:n].set(jnp.asarray(v1, dtype) @ y + jnp.asarray(v2, dtype) @ w)
         return x.at[jnp.asarray(inductors, int)].set(i_l).at[jnp.asarray(others, int)].set(i_other)
 
-    def forcing(t, dtype):
-        return mna.source_vector(topology, t, dc=False, dtype=dtype)
+    sample_times = np.asarray(times)
+
+    def forcing(t, u, dtype):
+        override = None if drive is None else (drive, jnp.interp(t, sample_times, u))
+        return mna.source_vector(topology, t, dc=False, dtype=dtype, override=override)
 
     def vector_field(t, xd, z, u, params):
         values = circuit_values(params)
         dtype = xd.dtype
         x = assemble(xd, z, dtype)
-        f = mna.residual(topology, values, x, forcing(t, dtype), t)
+        f = mna.residual(topology, values, x, forcing(t, u, dtype), t)
         jq = jax.jacfwd(lambda x_: mna.charge(topology, values, x_))(x)
         basis = jnp.asarray(v1, dtype)
         mass = basis.T @ jq[:n, :n] @ basis
@@ -338,19 +350,20 @@ def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOn
     def algebraic(t, xd, z, u, params):
         values = circuit_values(params)
         dtype = xd.dtype
-        f = mna.residual(topology, values, assemble(xd, z, dtype), forcing(t, dtype), t)
+        f = mna.residual(topology, values, assemble(xd, z, dtype), forcing(t, u, dtype), t)
         return jnp.concatenate([jnp.asarray(v2, dtype).T @ f[:n], f[jnp.asarray(others, int)]])
 
     def circuit_values(params):
         return dataclasses.replace(circuit, params=params).values()
 
-    def operating_point(params):
-        return dataclasses.replace(circuit, params=params).operating_point().x
+    def operating_point(u, params):
+        source = None if drive is None else (drive, u[0])
+        return dataclasses.replace(circuit, params=params).operating_point(source=source).x
 
     def initial_state(u, params):
         if uic:
             return _uic_state(topology, circuit.dtype, v1)
-        x = operating_point(params)
+        x = operating_point(u, params)
         y = jnp.asarray(v1, x.dtype).T @ x[:n]
         return jnp.concatenate([y, x[jnp.asarray(inductors, int)]])
 
@@ -358,7 +371,7 @@ def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOn
         # Only Newton's starting point for the consistent algebraic state.
         if uic:
             return jnp.zeros(size - rank - len(inductors), circuit.dtype)
-        x = jax.lax.stop_gradient(operating_point(params))
+        x = jax.lax.stop_gradient(operating_point(u, params))
         w = jnp.asarray(v2, x.dtype).T @ x[:n]
         return jnp.concatenate([w, x[jnp.asarray(others, int)]])
 
@@ -368,7 +381,8 @@ def _transient_dae(circuit: Circuit, times, uic: bool, options: dict) -> IndexOn
     defaults = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 100_000}
     return IndexOneDAE(
         vector_field, algebraic, circuit.params, initial_state, initial_algebraic, times,
-        observable=observable, jump_ts=tuple(jumps), **(defaults | options),
+        observable=observable, jump_ts=tuple(jumps),
+        in_shape=None if drive is None else (len(times),), **(defaults | options),
     )
 
 
