@@ -37,3 +37,8 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "negative R, L or C); give a starting guess with .ic if the circuit has several "
         "operating points."
     )
+    nonphysical_element = (
+        "An element value is not physical (a resistance, capacitance or inductance that "
+        "is zero, negative or not finite). Optimise such values in log scale "
+        "(Circuit.from_netlist(..., scale='log')) or bound them."
+    )

@@ -3,7 +3,9 @@ B-source expressions), parsed once into a Python syntax tree of a whitelisted su
 evaluated with `jax.numpy`, so that B sources are traced like any other element.
 
 Accepted: numbers with SI suffixes (``2.2k``, ``10u``, ``1meg``), names of parameters,
-``+ - * / **`` and ``^`` (a power, as in ngspice), parentheses, the functions of
+``+ - * / **`` and ``^`` (a power of the absolute value, as in ngspice: ``v**3`` is
+``|v|^3``; ``pwr(x, y)`` is also ``|x|^y`` and ``pwrs(x, y)`` is ``sign(x) |x|^y``),
+parentheses, the functions of
 `FUNCTIONS`, and in B sources ``v(node)``, ``v(node1, node2)`` and ``time``.
 """
 
@@ -30,10 +32,16 @@ FUNCTIONS = {
     "abs": jnp.abs, "exp": jnp.exp, "log": jnp.log, "ln": jnp.log, "log10": jnp.log10,
     "sqrt": jnp.sqrt, "sin": jnp.sin, "cos": jnp.cos, "tan": jnp.tan, "atan": jnp.arctan,
     "sinh": jnp.sinh, "cosh": jnp.cosh, "tanh": jnp.tanh, "min": jnp.minimum,
-    "max": jnp.maximum, "pow": jnp.power, "sgn": jnp.sign, "u": lambda x: jnp.where(x > 0, 1.0, 0.0),
+    "max": jnp.maximum, "pow": jnp.power, "pwr": lambda x, y: jnp.power(jnp.abs(x), y),
+    "pwrs": lambda x, y: jnp.sign(x) * jnp.power(jnp.abs(x), y), "sgn": jnp.sign, "u": lambda x: jnp.where(x > 0, 1.0, 0.0),
 }
+def _power(base, exponent):
+    # ngspice evaluates both ``**`` and ``^`` as pow(|base|, exponent): v**3 is |v|^3.
+    return jnp.power(jnp.abs(base), exponent)
+
+
 _BINARY = {ast.Add: jnp.add, ast.Sub: jnp.subtract, ast.Mult: jnp.multiply,
-           ast.Div: jnp.divide, ast.Pow: jnp.power}
+           ast.Div: jnp.divide, ast.Pow: _power}
 
 
 class ExpressionError(ValueError):
@@ -54,7 +62,7 @@ def _python_syntax(text: str) -> str:
     def number(match):
         return repr(parse_number(match.group(0)))
 
-    text = text.strip().strip("{}").strip("'").replace("^", "**")
+    text = text.strip().strip("'").replace("^", "**").replace("{", "(").replace("}", ")")
     # Node names are not Python names ("in", "1"): set them aside, quoted, while numbers
     # with suffixes are rewritten.
     voltages = [

@@ -177,6 +177,8 @@ class IndexOneDAE(AbstractSystemModule):
         """``z`` with ``G(t, x, z) = 0`` by Newton from `z_guess` (no derivative in the
         guess; the implicit function theorem in everything else), and whether it worked."""
         algebraic = self.algebraic
+        if not ravel_pytree(z_guess)[0].size:  # no algebraic variables: an ODE
+            return z_guess, jnp.array(True)
 
         def fn(z, args):
             t, x, u, params = args
@@ -195,6 +197,8 @@ class IndexOneDAE(AbstractSystemModule):
                 self.algebraic(t, x, unravel(flat), u, params)
             )[0]
 
+        if not flat_z.size:
+            return jnp.ones((), flat_z.dtype)
         jac = jax.jacfwd(g)(flat_z)
         singular_values = jnp.linalg.svd(jac, compute_uv=False)
         # 0 / 0 (a zero Jacobian) is NaN, which fails every comparison: singular.
@@ -256,8 +260,11 @@ class IndexOneDAE(AbstractSystemModule):
             g_z = lx.JacobianLinearOperator(
                 lambda z_, _: algebraic(t, x, z_, u, params), z
             )
-            dz = lx.linear_solve(g_z, g_dot, FiniteLU(), throw=False).value
-            dz = jax.tree.map(jnp.negative, dz)
+            if ravel_pytree(z)[0].size:
+                dz = lx.linear_solve(g_z, g_dot, FiniteLU(), throw=False).value
+                dz = jax.tree.map(jnp.negative, dz)
+            else:
+                dz = z
             # A failed algebraic solve poisons the step, which the controller rejects.
             dx = jax.tree.map(lambda d: jnp.where(ok, d, jnp.nan), dx)
             return jax.tree.map(lambda d: jnp.where(regular, d, jnp.zeros_like(d)), (dx, dz))
