@@ -369,6 +369,12 @@ def forced_sensitivities(model) -> set[str]:
     return {n.sensitivity for n in nodes if _is_system(n) and n.sensitivity != "auto"}
 
 
+def has_auto_systems(model) -> bool:
+    """Whether `model` holds dynamical-system modules left on ``"auto"``."""
+    nodes = jax.tree.leaves(model, is_leaf=_is_system)
+    return any(_is_system(n) and n.sensitivity == "auto" for n in nodes)
+
+
 def resolve_sensitivity(model, mode: str):
     """`model` with every ``sensitivity="auto"`` module set to `mode`."""
     return jax.tree.map(

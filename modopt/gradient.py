@@ -7,10 +7,17 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._blocks import block_diagonal, partition, resolve_mass
-from ._module import forced_sensitivities
-from .jacobian import AbstractJacobian, AutoJacobian, compute_pullback, linear_paths
+from ._module import forced_sensitivities, has_auto_systems, resolve_sensitivity
+from .jacobian import (
+    AbstractJacobian,
+    AutoJacobian,
+    compute_pullback,
+    linear_paths,
+    pullback_mode,
+)
 from .linalg import AbstractBlockSolver, AutoSolve, gram_woodbury_solve, primal_solve, woodbury_solve
 from .metrics import AbstractOutputMetric
 
@@ -64,6 +71,17 @@ def _per_sample_linear_matrix(delta, x, has_bias):
     return jnp.concatenate([k_w, delta.reshape(k_w.shape[0], -1)], axis=-1)
 
 
+def _gradient_by_forward_mode(model, jacobian, leaves, inputs) -> bool:
+    if "forward" in forced_sensitivities(model):
+        return True
+    if not has_auto_systems(model):
+        return False
+    out = jax.eval_shape(jax.vmap(model), inputs)
+    rows = sum(int(np.prod(o.shape[1:])) for o in jax.tree.leaves(out))
+    num_params = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+    return pullback_mode(model, jacobian, num_params, rows) == "forward"
+
+
 def riemannian_direction(
     model,
     loss_fn: Callable,
@@ -100,14 +118,21 @@ def riemannian_direction(
     value_shape = jax.eval_shape(loss_of, params)[0].shape
     if value_shape != ():
         raise ValueError(f"loss_fn must return a scalar, got shape {value_shape}.")
-    if "forward" in forced_sensitivities(model):
-        # Forward-only modules: n JVPs give the gradient (forward mode was forced because
-        # the parameters are few).
+    if _gradient_by_forward_mode(model, jacobian, leaves, inputs):
+        # Dynamical-system modules in forward mode (forced, or chosen because the
+        # parameters are few): n JVPs give the gradient, and no reverse pass through the
+        # solver is needed (it may not exist, or may be NaN where forward mode is not).
+        forward_params, forward_static = eqx.partition(
+            resolve_sensitivity(model, "forward"), eqx.is_inexact_array)
+
         def loss_twice(p):
-            value, predictions = loss_of(p)
+            predictions = jax.vmap(eqx.combine(p, forward_static))(inputs)
+            value = loss_fn(predictions, targets)
             return value, (value, predictions)
 
-        gradient, (value, predictions) = jax.jacfwd(loss_twice, has_aux=True)(params)
+        gradient, (value, predictions) = jax.jacfwd(loss_twice, has_aux=True)(forward_params)
+        # Back to the structure of the user's model (its modules say "auto").
+        gradient = jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(gradient))
     else:
         (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)

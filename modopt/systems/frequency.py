@@ -337,7 +337,8 @@ class FrequencyResponse(AbstractModule):
     input `u_op` (Newton, every call), and the output is ``[Re H, Im H]`` flattened, or
     ``[|H|, arg H]`` with ``polar=True``, so that measured response curves can be fitted
     with `modopt.riemannian_gradient` (the inputs are the frequencies). The system's
-    parameters are this module's parameters (one block).
+    parameters are this module's parameters (one block). Where no equilibrium is found
+    the output is NaN, which the steps and the flow reject.
 
     **Arguments:**
 
@@ -359,7 +360,8 @@ class FrequencyResponse(AbstractModule):
     def __call__(self, omega):
         dtype = params_dtype(self.system.params)
         u = jnp.asarray(self.u_op, dtype)
-        h = linearize_module(self.system, u).frequency_response(omega)
+        # A failed Newton gives NaN (a rejected step), never an exception mid-optimisation.
+        h = linearize_module(self.system, u, throw=False).frequency_response(omega)
         if self.polar:
             parts = (jnp.abs(h), jnp.angle(h))
         else:
