@@ -18,7 +18,13 @@ from .jacobian import (
     linear_paths,
     pullback_mode,
 )
-from .linalg import AbstractBlockSolver, AutoSolve, gram_woodbury_solve, primal_solve, woodbury_solve
+from .linalg import (
+    AbstractBlockSolver,
+    AutoSolve,
+    gram_woodbury_solve,
+    primal_solve,
+    woodbury_solve,
+)
 from .metrics import AbstractOutputMetric
 
 

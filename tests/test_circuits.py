@@ -258,22 +258,48 @@ def test_example_b_tunes_the_diode_bias_network(tmp_path):
 
 
 def test_rc_cascade_composition_equals_the_whole_circuit():
-    """Stage modules driven by each other's samples (the sequential composition of
-    example (c)) against one netlist holding both stages and the VCVS buffer."""
-    from modopt.circuits.design_examples import rc_cascade
+    """Stage modules (one subcircuit instance each) driven by each other's samples, the
+    sequential composition of example (c), against the whole netlist with both
+    subcircuits and the VCVS buffer."""
+    from modopt.circuits.design_examples import CASCADE_NETLIST, rc_cascade
 
     times = np.linspace(0.0, 8e-3, 161)
     step = np.ones_like(times)
     step[0] = 0.0
     cascade = rc_cascade(times)({"c1": 1e-6, "gain": 2.0, "c2": 0.47e-6})
     got = np.asarray(cascade(jnp.asarray(step)))
-    whole = Circuit.from_netlist(f"""* both stages and the buffer
-V1 in 0 PWL(0 0 {float(times[1])!r} 1)
-R1 in a 1k
-C1 a 0 1u
-E1 b 0 a 0 2
-C2 b out 0.47u
-R2 out 0 1k
-""").transient(times[1:])["v_out"]
+    ramp = CASCADE_NETLIST.replace("V1 in 0 DC 0", f"V1 in 0 PWL(0 0 {float(times[1])!r} 1)")
+    whole = Circuit.from_netlist(ramp).transient(times[1:])["v_out"]
     # The buffer's input reaches stage 2 as samples joined linearly: an O(dt^2) error.
     np.testing.assert_allclose(got[1:], np.asarray(whole), atol=2e-3)
+
+
+def test_a_subcircuit_instance_is_a_circuit_of_its_own():
+    text = "t\n.subckt div a b\nR1 a b 1k\nR2 b 0 3k\n.ends\nV1 x 0 1\nX1 x y div\n"
+    stage = Circuit.from_subcircuit(text, "div", free=["xdiv.r2"])
+    assert set(stage.params) == {"xdiv.r2"}
+    point = stage.operating_point(source=("vdrive", 2.0))
+    assert float(point.x[stage.topology.index("b")]) == pytest.approx(1.5, rel=1e-12)
+    with pytest.raises(NetlistError, match="no .subckt 'nope'"):
+        Circuit.from_subcircuit(text, "nope")
+
+
+def test_energy_metric_is_the_capacitance_and_inductance_at_the_outputs():
+    from modopt.circuits.energy import energy_matrix, energy_metric
+    from modopt.circuits.modules import DCResponse
+
+    text = "t\nV1 a 0 1\nR1 a b 1k\nC1 b 0 2u\nC2 b c 3u\nR2 c 0 1k\nL1 c 0 5m\n"
+    circuit = Circuit.from_netlist(text, free=["r1", "r2"])
+    # Nodal capacitance matrix of C1 (b-0) and C2 (b-c), and L1 on its current.
+    np.testing.assert_allclose(energy_matrix(circuit, ["v_b", "v_c", "i_l1"]),
+                               [[5e-6, -3e-6, 0], [-3e-6, 3e-6, 0], [0, 0, 5e-3]], rtol=1e-12)
+    with pytest.raises(ValueError, match="stores no energy"):
+        energy_matrix(circuit, ["i_v1"])
+    with pytest.raises(ValueError, match="see no capacitance"):
+        energy_matrix(circuit, ["v_a"])
+    module = DCResponse(circuit, "v1", ("v_b", "v_c"))
+    inputs = jnp.array([[1.0], [2.0]])
+    direction = modopt.riemannian_direction(
+        module, modopt.losses.squared_error, inputs, jnp.zeros((2, 2)),
+        output_metric=energy_metric(circuit, ["v_b", "v_c"], 2), mass=1e-9)
+    assert bool(direction.is_finite)

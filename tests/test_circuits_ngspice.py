@@ -13,11 +13,17 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from ngspice_reference import (
+    NGSPICE,
+    OWN,
+    SHARED,
+    analysis_names,
+    load_case,
+    read_csv,
+    run_ngspice,
+)
 
 from modopt.circuits import Circuit
-from ngspice_reference import (
-    NGSPICE, OWN, SHARED, analysis_names, load_case, read_csv, run_ngspice,
-)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -131,7 +137,8 @@ def test_agrees_with_ngspice(name, tmp_path):
     assert not failures, "\n".join(failures)
     if live is None:
         warnings.warn("compared with the stored ngspice results only: ngspice is not "
-                      "installed here (apt-get install ngspice) for the live comparison.")
+                      "installed here (apt-get install ngspice) for the live comparison.",
+                      stacklevel=2)
 
 
 def _shared_table(name, file, kind):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from ..systems import IndexOneDAE
 from ..systems._common import as_times, poison
 from ..systems.steady import all_finite, implicit_root
 from . import mna
-from .netlist import GROUND, Netlist, parse_netlist
+from .netlist import GROUND, Netlist, NetlistError, parse_netlist
 from .waveforms import breakpoints
 
 _GMIN_STEPS = tuple(10.0 ** -k for k in range(2, 13)) + (0.0,)
@@ -103,6 +102,38 @@ class Circuit(eqx.Module):
             fixed=tuple((n, v) for n, v in values.items() if n not in free), scale=scale,
             signs=tuple((n, float(np.sign(values[n]))) for n in free),
         )
+
+    @classmethod
+    def from_subcircuit(cls, text: str, name: str, *, drive: str = "vdrive",
+                        **options) -> Circuit:
+        """One instance of the subcircuit `name` of a netlist as a circuit of its own, so
+        that stages compose as modules (see `TransientResponse` with ``drive=``).
+
+        The new circuit holds the netlist's ``.model``, ``.param`` and ``.subckt`` cards,
+        the instance ``x<name>`` with its ports on nodes of the same names, and a source
+        `drive` (DC 0) from the first port to ground. Element names carry the instance
+        prefix (``x<name>.r1``). `options` go to `from_netlist`.
+
+        **Raises:** `NetlistError` when the netlist has no such subcircuit.
+        """
+        ports = None
+        for line in text.splitlines()[1:]:
+            words = line.split()
+            if len(words) > 1 and words[0].lower() == ".subckt" \
+                    and words[1].lower() == name.lower():
+                ports = []
+                for word in words[2:]:
+                    if word.lower() == "params:" or "=" in word:
+                        break
+                    ports.append(word.lower())
+        if ports is None:
+            raise NetlistError(f"from_subcircuit: the netlist has no .subckt {name!r}.")
+        definitions = _definitions(text)
+        netlist = "\n".join([
+            f"* subcircuit {name} as a circuit", *definitions,
+            f"{drive} {ports[0]} 0 DC 0", f"x{name} {' '.join(ports)} {name}", ".end",
+        ])
+        return cls.from_netlist(netlist, **options)
 
     # ------------------------------------------------------------------ values
 
@@ -308,6 +339,26 @@ class Circuit(eqx.Module):
         return mna.named(self.topology, solution.outputs)
 
 
+def _definitions(text: str) -> list[str]:
+    """The ``.model``, ``.param`` and ``.subckt ... .ends`` lines of a netlist (with
+    their continuations), without the title, elements and analyses."""
+    out, inside, keeping = [], False, False
+    for line in text.splitlines()[1:]:
+        card = line.strip().split()[0].lower() if line.strip() else ""
+        if card.startswith("+"):
+            if keeping:
+                out.append(line)
+            continue
+        keeping = inside or card in (".model", ".param", ".subckt")
+        if card == ".subckt":
+            inside = True
+        if card == ".ends":
+            inside, keeping = False, True
+        if keeping:
+            out.append(line)
+    return out
+
+
 def _orthonormal_split(incidence: np.ndarray):
     """Bases of the range of `incidence` (n x m) and of its orthogonal complement."""
     n = incidence.shape[0]
@@ -359,7 +410,8 @@ def _transient_dae(circuit: Circuit, times, uic: bool, drive, options: dict) -> 
         mass = basis.T @ jq[:n, :n] @ basis
         dy = -jnp.linalg.solve(mass, basis.T @ f[:n]) if rank else jnp.zeros((0,), dtype)
         index = jnp.asarray(inductors, int)
-        di = -jnp.linalg.solve(jq[index][:, index], f[index]) if inductors else jnp.zeros((0,), dtype)
+        di = (-jnp.linalg.solve(jq[index][:, index], f[index]) if inductors
+              else jnp.zeros((0,), dtype))
         return jnp.concatenate([dy, di])
 
     def algebraic(t, xd, z, u, params):
@@ -410,7 +462,8 @@ def _uic_state(topology: mna.Topology, dtype, v1):
     node_ic = dict(topology.netlist.initial_conditions)
     targets = []
     for e in topology.netlist.elements:
-        if e.kind == "c" or (e.kind == "d" and (dict(e.model)["cjo"] > 0 or dict(e.model)["tt"] > 0)):
+        stores_charge = e.kind == "d" and (dict(e.model)["cjo"] > 0 or dict(e.model)["tt"] > 0)
+        if e.kind == "c" or stores_charge:
             if e.kind == "c" and e.ic is not None:
                 targets.append(e.ic)
             else:

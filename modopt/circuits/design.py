@@ -65,7 +65,8 @@ def multistart(
 
     **Returns:** ``{"models": batched final module, "loss": (starts,),
     "history": (starts, iterations) losses (steps; the flow's saved losses),
-    "wall_time_s" (compilation included), "evaluations": (starts,)}``; a start whose steps all failed keeps its start values.
+    "wall_time_s" (compilation included)}``; a start whose steps all failed keeps its
+    start values.
     """
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
     weights = jnp.ones_like(targets) if weights is None else jnp.broadcast_to(
@@ -92,25 +93,23 @@ def multistart(
             (model, state), history = jax.lax.scan(
                 body, (model, optimizer.init(model)), None, length=iterations)
             final = loss(jax.vmap(model)(inputs), targets)
-            return eqx.filter(model, eqx.is_inexact_array), final, history, 2 * iterations
+            return eqx.filter(model, eqx.is_inexact_array), final, history
     elif method == "flow":
         def fit(p):
             solution = flow(eqx.combine(p, static), loss, inputs, targets,
                             output_metric=output_metric, mass=mass, s1=s1, gtol=gtol,
                             max_steps=4096)
-            steps = solution.stats["num_steps"]
             return (eqx.filter(solution.model, eqx.is_inexact_array), solution.value,
-                    solution.losses, 7 * steps)
+                    solution.losses)
     else:
         raise ValueError(f"multistart: method must be 'steps' or 'flow', got {method!r}.")
 
     run = eqx.filter_jit(jax.vmap(fit))
     began = time.perf_counter()
-    fitted, final, history, evaluations = jax.block_until_ready(run(params))
+    fitted, final, history = jax.block_until_ready(run(params))
     seconds = time.perf_counter() - began
     return {"models": eqx.combine(fitted, static), "loss": np.asarray(final),
-            "history": np.asarray(history), "wall_time_s": seconds,
-            "evaluations": np.asarray(evaluations)}
+            "history": np.asarray(history), "wall_time_s": seconds}
 
 
 def unstack(batched, index: int):

@@ -198,18 +198,22 @@ def run_diode_bias(config: dict, out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- (c) RC cascade
 
-LOWPASS_STAGE = """* RC low-pass stage driven at its input
-Vin in 0 DC 0
+CASCADE_NETLIST = """* band-pass cascade: RC low-pass, VCVS buffer, CR high-pass
+.subckt lowpass in out
 R1 in out 1k
 C1 out 0 1u
-.end
-"""
-HIGHPASS_STAGE = """* CR high-pass stage driven at its input
-Vin in 0 DC 0
-C1 in out 1u
+.ends
+.subckt highpass in out
+C1 in out 0.47u
 R1 out 0 1k
+.ends
+V1 in 0 DC 0
+X1 in a lowpass
+E1 b 0 a 0 2
+X2 b out highpass
 .end
 """
+"""The whole circuit; its two subcircuits are the stages of `rc_cascade`."""
 
 
 class Buffer(AbstractModule):
@@ -225,23 +229,27 @@ class Buffer(AbstractModule):
 
 def rc_cascade(times, one_block: bool = False):
     """A builder ``values -> highpass @ buffer @ lowpass``: each stage a
-    `TransientResponse` of its own RC subcircuit, driven by the previous module's output
-    samples; `values` holds ``c1`` (low-pass), ``gain`` (buffer) and ``c2`` (high-pass).
+    `TransientResponse` of one instance of a subcircuit of `CASCADE_NETLIST`
+    (`Circuit.from_subcircuit`), driven by the previous module's output samples;
+    `values` holds ``c1`` (low-pass), ``gain`` (the buffer E1) and ``c2`` (high-pass).
     (Two low-pass stages would be interchangeable: their step response is symmetric in
     the two time constants.) With `one_block` the composition is wrapped in a `Group`,
     so that the metric couples the three values (full Gauss-Newton) instead of being
     block-diagonal per module."""
     options = {"solver": diffrax.Tsit5(), "rtol": 1e-8, "atol": 1e-10}
 
-    def stage(netlist):
-        circuit = Circuit.from_netlist(netlist, free=["c1"], scale="log")
-        return TransientResponse(circuit, times, "v_out", drive="vin", options=options)
+    def stage(name):
+        circuit = Circuit.from_subcircuit(CASCADE_NETLIST, name, free=[f"x{name}.c1"],
+                                          scale="log")
+        return TransientResponse(circuit, times, "v_out", drive="vdrive", options=options)
 
-    lowpass, highpass = stage(LOWPASS_STAGE), stage(HIGHPASS_STAGE)
+    lowpass, highpass = stage("lowpass"), stage("highpass")
 
     def build(values):
         def with_c(module, c):
-            return eqx.tree_at(lambda m: m.circuit, module, module.circuit.with_values(c1=c))
+            circuit = module.circuit
+            (name,) = circuit.params
+            return eqx.tree_at(lambda m: m.circuit, module, circuit.with_values(**{name: c}))
 
         cascade = Sequential([with_c(lowpass, values["c1"]),
                               Buffer(jnp.asarray(values["gain"], float)),
@@ -269,8 +277,9 @@ def run_rc_cascade(config: dict, out: Path) -> dict:
                         method=config.get("method", "steps"),
                         iterations=config.get("iterations", 30))
     models = result["models"].module if one_block else result["models"]
-    fitted = {"c1": models.modules[0].circuit.values()["c1"],
-              "gain": models.modules[1].gain, "c2": models.modules[2].circuit.values()["c1"]}
+    fitted = {"c1": models.modules[0].circuit.values()["xlowpass.c1"],
+              "gain": models.modules[1].gain,
+              "c2": models.modules[2].circuit.values()["xhighpass.c1"]}
     errors = np.array([[float(fitted[k][i]) / v - 1 for k, v in truth.items()]
                        for i in range(len(starts))])
     summary = _summary(config, truth, errors, result, config.get("tolerance", 1e-3))

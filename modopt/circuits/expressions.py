@@ -33,7 +33,8 @@ FUNCTIONS = {
     "sqrt": jnp.sqrt, "sin": jnp.sin, "cos": jnp.cos, "tan": jnp.tan, "atan": jnp.arctan,
     "sinh": jnp.sinh, "cosh": jnp.cosh, "tanh": jnp.tanh, "min": jnp.minimum,
     "max": jnp.maximum, "pow": jnp.power, "pwr": lambda x, y: jnp.power(jnp.abs(x), y),
-    "pwrs": lambda x, y: jnp.sign(x) * jnp.power(jnp.abs(x), y), "sgn": jnp.sign, "u": lambda x: jnp.where(x > 0, 1.0, 0.0),
+    "pwrs": lambda x, y: jnp.sign(x) * jnp.power(jnp.abs(x), y), "sgn": jnp.sign,
+    "u": lambda x: jnp.where(x > 0, 1.0, 0.0),
 }
 def _power(base, exponent):
     # ngspice evaluates both ``**`` and ``^`` as pow(|base|, exponent): v**3 is |v|^3.

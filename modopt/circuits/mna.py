@@ -282,7 +282,7 @@ def residual(topology: Topology, values: dict, x, b, t, *, shunt=0.0):
     f = conductance_matrix(topology, values, dtype) @ x - b
     n = topology.num_nodes
     f = f.at[:n].add(shunt * x[:n])
-    for element, junction, model in topology.diodes:
+    for _element, junction, model in topology.diodes:
         vd = jnp.dot(jnp.asarray(junction, dtype), x)
         f = f + diode_current(vd, model) * jnp.asarray(junction, dtype)
     if topology.b_sources:
@@ -291,7 +291,7 @@ def residual(topology: Topology, values: dict, x, b, t, *, shunt=0.0):
         for element, incidence, branch in topology.b_sources:
             env = dict(element.bindings) | {"time": time}
             mapped = dict(element.expression_nodes)
-            value = element.expression(env, lambda node: voltage(mapped[node]))
+            value = element.expression(env, lambda node, m=mapped: voltage(m[node]))
             if branch < 0:
                 f = f + value * jnp.asarray(incidence, dtype)
             else:
@@ -303,7 +303,7 @@ def charge(topology: Topology, values: dict, x):
     """``q(x)``: capacitor and inductor terms, and diode junction charges."""
     dtype = x.dtype
     q = linear_charge_matrix(topology, values, dtype) @ x
-    for element, junction, model in topology.diodes:
+    for _element, junction, model in topology.diodes:
         if model["cjo"] > 0 or model["tt"] > 0:
             vd = jnp.dot(jnp.asarray(junction, dtype), x)
             q = q + diode_charge(vd, model) * jnp.asarray(junction, dtype)
