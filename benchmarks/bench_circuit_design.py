@@ -300,6 +300,22 @@ class Recorder:
 # ----------------------------------------------------------------------------- methods
 
 
+def _iterate(step, params, state, began, iterations, tol, stop_at_target):
+    """Apply a jitted ``step(params, state) -> (params, state, error)`` up to
+    `iterations` times. **Returns:** ``(hit, steps, error, total_s)`` with `hit` the
+    (seconds since `began`, steps) when the error first fell below `tol`, else None."""
+    hit, steps, error = None, 0, float("inf")
+    for k in range(iterations):
+        params, state, error = step(params, state)
+        error = float(error)
+        steps = k + 1
+        if error < tol and hit is None:
+            hit = (time.perf_counter() - began, steps)
+            if stop_at_target:
+                break
+    return hit, steps, error, time.perf_counter() - began
+
+
 class ModoptSteps:
     name = "modopt steps"
 
@@ -345,17 +361,8 @@ class ModoptSteps:
         params = self.params[i]
         tol = self.res.problem.tolerance
         began = time.perf_counter()
-        state = self.init(params)
-        hit, steps = None, 0
-        for k in range(ARGS.steps_iterations):
-            params, state, error = self.step(params, state)
-            error = float(error)
-            steps = k + 1
-            if error < tol and hit is None:
-                hit = (time.perf_counter() - began, steps)
-                if stop_at_target:
-                    break
-        total = time.perf_counter() - began
+        hit, steps, error, total = _iterate(self.step, params, self.init(params), began,
+                                            ARGS.steps_iterations, tol, stop_at_target)
         return dict(reached=hit is not None,
                     time_to_target_s=None if hit is None else hit[0],
                     residual_evals_to_target=None if hit is None else hit[1],
@@ -410,17 +417,8 @@ class Adam:
         tol = self.res.problem.tolerance
         theta = jnp.asarray(self.res.thetas[i])
         began = time.perf_counter()
-        state = self.optimizer.init(theta)
-        hit, steps = None, 0
-        for k in range(ARGS.adam_iterations):
-            theta, state, error = self.step(theta, state)
-            error = float(error)
-            steps = k + 1
-            if error < tol and hit is None:
-                hit = (time.perf_counter() - began, steps)
-                if stop_at_target:
-                    break
-        total = time.perf_counter() - began
+        hit, steps, error, total = _iterate(self.step, theta, self.optimizer.init(theta),
+                                            began, ARGS.adam_iterations, tol, stop_at_target)
         return dict(reached=hit is not None,
                     time_to_target_s=None if hit is None else hit[0],
                     residual_evals_to_target=0 if hit is not None else None,
