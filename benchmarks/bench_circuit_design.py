@@ -106,11 +106,10 @@ jax.config.update("jax_enable_x64", True)
 
 import modopt  # noqa: E402
 from modopt import metrics  # noqa: E402
-from modopt.circuits import butterworth  # noqa: E402
 from modopt.circuits import design_examples as examples  # noqa: E402
 from modopt.circuits.circuit import Circuit  # noqa: E402
 from modopt.circuits.design import random_starts  # noqa: E402
-from modopt.circuits.modules import DCResponse, SParameters  # noqa: E402
+from modopt.circuits.modules import DCResponse  # noqa: E402
 from modopt.steps import AdaptiveMass  # noqa: E402
 
 SEED, SPREAD = 0, 0.5
@@ -139,21 +138,9 @@ class Problem:
 def ladder_problem() -> Problem:
     """As `examples.run_ladder` with `examples.DEFAULT_LADDER`."""
     config = examples.DEFAULT_LADDER
-    order, fc, r0 = config["order"], config["cutoff_hz"], config["resistance"]
-    truth = butterworth.ladder_values(order, fc, r0)
-    netlist = butterworth.ladder_netlist(order, fc, r0)
-    base = Circuit.from_netlist(netlist, free=list(truth), scale="log")
-    f = config["frequencies"]
-    freqs = np.logspace(np.log10(f["start"]), np.log10(f["stop"]), f["num"])
-    s11, s21 = butterworth.scattering(freqs, order, fc)
-    quantities = ("s21_db", "s11_re", "s11_im")
-    columns = {"s21_db": 20 * np.log10(np.abs(s21)), "s11_re": s11.real, "s11_im": s11.imag}
-    targets = np.stack([columns[q] for q in quantities], axis=1)
-    weights = np.array([1.0 if q.endswith("db") else 10.0 for q in quantities])
-    output = butterworth.output_node(order)
-
-    def build(values):
-        return SParameters(base.with_values(**values), "v_n1", output, r0, r0, quantities)
+    spec = examples.ladder_problem(config)
+    truth, build = spec["truth"], spec["build"]
+    freqs, targets, weights = spec["frequencies"], spec["targets"], spec["weights"]
 
     def values_of(model):
         values = model.circuit.values()

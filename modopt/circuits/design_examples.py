@@ -80,28 +80,43 @@ def _summary(config, truth, errors, result, tolerance) -> dict:
 # ----------------------------------------------------------------------------- (a) ladder
 
 
-def run_ladder(config: dict, out: Path) -> dict:
-    """Example (a). The specification is the Butterworth response in closed form: the
-    magnitude ``|S21|`` in dB (the mask), and the input reflection ``S11``, whose phase
-    makes the element values well determined (see docs/circuits.md)."""
+def ladder_problem(config: dict) -> dict:
+    """The specification of example (a): ``truth`` (element values), ``build``
+    (values -> `SParameters` module), ``frequencies``, ``targets`` and ``weights``
+    (the Butterworth response in closed form: ``|S21|`` in dB and the input reflection
+    S11, as `config`'s ``quantities`` pick), plus ``base`` (the circuit) and ``output``."""
     config = DEFAULT_LADDER | config
     order, fc, r0 = config["order"], config["cutoff_hz"], config["resistance"]
     truth = butterworth.ladder_values(order, fc, r0)
-    netlist = butterworth.ladder_netlist(order, fc, r0)
-    base = Circuit.from_netlist(netlist, free=list(truth), scale="log")
+    base = Circuit.from_netlist(butterworth.ladder_netlist(order, fc, r0), free=list(truth),
+                                scale="log")
     f = config["frequencies"]
     freqs = np.logspace(np.log10(f["start"]), np.log10(f["stop"]), f["num"])
     s11, s21 = butterworth.scattering(freqs, order, fc)
     quantities = tuple(config.get("quantities", ("s21_db", "s11_re", "s11_im")))
     columns = {"s21_db": 20 * np.log10(np.abs(s21)), "s11_re": s11.real, "s11_im": s11.imag,
                "s11_db": 20 * np.log10(np.abs(s11)), "s21_re": s21.real, "s21_im": s21.imag}
-    targets = np.stack([columns[q] for q in quantities], axis=1)
-    weights = np.array([1.0 if q.endswith("db") else 10.0 for q in quantities])
     output = butterworth.output_node(order)
 
     def build(values):
         return SParameters(base.with_values(**values), "v_n1", output, r0, r0, quantities)
 
+    return {"truth": truth, "build": build, "frequencies": freqs, "base": base,
+            "output": output, "quantities": quantities,
+            "targets": np.stack([columns[q] for q in quantities], axis=1),
+            "weights": np.array([1.0 if q.endswith("db") else 10.0 for q in quantities])}
+
+
+def run_ladder(config: dict, out: Path) -> dict:
+    """Example (a). The specification is the Butterworth response in closed form: the
+    magnitude ``|S21|`` in dB (the mask), and the input reflection ``S11``, whose phase
+    makes the element values well determined (see docs/circuits.md)."""
+    config = DEFAULT_LADDER | config
+    order, fc, r0 = config["order"], config["cutoff_hz"], config["resistance"]
+    problem = ladder_problem(config)
+    truth, build, base, output = (problem[k] for k in ("truth", "build", "base", "output"))
+    freqs, targets, weights = (problem[k] for k in ("frequencies", "targets", "weights"))
+    quantities, f = problem["quantities"], config["frequencies"]
     starts = random_starts(truth, config["starts"], config["spread"], config["seed"])
     result = multistart(build, starts, freqs[:, None], targets, weights=weights,
                         method=config["method"], iterations=config["iterations"])
