@@ -1,8 +1,10 @@
-"""The ``modopt`` command: ``modopt demo`` and ``modopt run CONFIG.toml``."""
+"""The ``modopt`` command: ``modopt demo``, ``modopt run CONFIG.toml`` and
+``modopt fit-petab PROBLEM.yaml``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -23,7 +25,8 @@ DIGITS_CONFIG = {
     },
 }
 
-EXAMPLES = ("digits", "parameter_recovery", "circuit_design")
+EXAMPLES = ("digits", "parameter_recovery", "circuit_design", "morphogen",
+            "toggle_dose_response")
 
 
 def _recovery_problem(name: str):
@@ -40,6 +43,10 @@ def _recovery_problem(name: str):
             lambda times, p: toggle_switch(times, p, rtol=1e-7, atol=1e-7),
             TOGGLE_NOMINAL, np.array(conditions), output_names=("u", "v"),
         )
+    if name == "repressilator":
+        from .bio.repressilator import repressilator_problem
+
+        return repressilator_problem()
     if name == "tanh_node_circuit":
         import diffrax
 
@@ -52,7 +59,8 @@ def _recovery_problem(name: str):
             TANH_NODE_NOMINAL, np.array([[1.0], [3.0]]), output_names=("x", "z", "i"),
         )
     raise SystemExit(
-        f"modopt: unknown recovery model {name!r}; known: toggle_switch, tanh_node_circuit."
+        f"modopt: unknown recovery model {name!r}; known: toggle_switch, repressilator, "
+        "tanh_node_circuit."
     )
 
 
@@ -78,12 +86,20 @@ def _run(config: dict, out_root: Path) -> Path:
     if example not in EXAMPLES:
         raise SystemExit(f"modopt: unknown example {example!r}; known: {', '.join(EXAMPLES)}.")
     out = out_root / config.get("run", example)
-    if example in ("parameter_recovery", "circuit_design"):
+    if example != "digits":
         import jax
 
         jax.config.update("jax_enable_x64", True)
     if example == "parameter_recovery":
         _run_recovery(config, out)
+    elif example == "morphogen":
+        from .bio.bio_examples import run_morphogen
+
+        run_morphogen(config, out)
+    elif example == "toggle_dose_response":
+        from .bio.bio_examples import run_toggle_dose_response
+
+        run_toggle_dose_response(config, out)
     elif example == "circuit_design":
         from .circuits.design_examples import run_design
 
@@ -93,6 +109,37 @@ def _run(config: dict, out_root: Path) -> Path:
 
         run_digits(config, out)
     return out
+
+
+def _fit_petab(args) -> int:
+    if args.devices:
+        # Read by XLA when JAX first creates its CPU backend, i.e. not yet.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
+                                   f"platform_device_count={args.devices}").strip()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from .bio import PetabError, SBMLError, load_petab
+    from .bio.fit import fit_petab
+    from .bio.report import write_fit_report
+
+    if not args.problem.is_file():
+        raise SystemExit(f"modopt fit-petab: no PEtab yaml file at {args.problem}")
+    try:
+        problem = load_petab(args.problem, rtol=args.rtol, atol=args.atol,
+                             max_steps=args.max_steps)
+    except (PetabError, SBMLError) as error:
+        raise SystemExit(f"modopt fit-petab: {error}") from None
+    print(f"{problem}; {len(jax.devices())} device(s)")
+    result = fit_petab(problem, args.starts, method=args.method, iterations=args.iterations,
+                       mass=args.mass, seed=args.seed)
+    out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
+    summary = write_fit_report(problem, result, out, args.reference_nllh)
+    print(f"best nllh {summary['best_nllh']:.4f}; within 2 of the best: "
+          f"{100 * summary['fraction_within_2_of_best']:.0f} % of {args.starts} starts; "
+          f"{summary['status_counts']}; {summary['wall_time_s']:.0f} s")
+    print(f"results written to {out}/")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -105,8 +152,29 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run an example from a TOML config file")
     run.add_argument("config", type=Path)
     run.add_argument("--out", default="results", help="results folder")
+    fit = sub.add_parser("fit-petab", help="multi-start fit of a PEtab problem (Latin-hypercube "
+                         "starts in the bounds, one vmapped batch)")
+    fit.add_argument("problem", type=Path, help="the PEtab yaml file")
+    fit.add_argument("--starts", type=int, default=100, help="number of starts (default 100)")
+    fit.add_argument("--method", choices=("steps", "flow"), default="steps",
+                     help="Riemannian steps (default) or the Riemannian flow")
+    fit.add_argument("--iterations", type=int, default=200,
+                     help="steps per start (flow: solver steps)")
+    fit.add_argument("--mass", type=float, default=1e-3, help="diagonal mass")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube")
+    fit.add_argument("--rtol", type=float, default=1e-6, help="ODE relative tolerance")
+    fit.add_argument("--atol", type=float, default=1e-8, help="ODE absolute tolerance")
+    fit.add_argument("--max-steps", type=int, default=20_000, help="ODE solver step limit")
+    fit.add_argument("--devices", type=int, default=None,
+                     help="on CPU: split the host into this many JAX devices and shard the "
+                     "starts over them")
+    fit.add_argument("--reference-nllh", type=float, default=None,
+                     help="a best known nllh, to report the share of starts within 2 of it")
+    fit.add_argument("--out", default="results", help="results folder")
     args = parser.parse_args(argv)
 
+    if args.command == "fit-petab":
+        return _fit_petab(args)
     if args.command == "demo":
         from .circuits.design_examples import DEFAULT_LADDER
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.special as jss
 
@@ -33,6 +34,18 @@ def _as_float(condition):
     return jnp.where(condition, 1.0, 0.0)
 
 
+def _power(base, exponent):
+    """``base ** exponent`` whose derivative in the exponent is 0, not NaN, at base 0.
+
+    ``d(a^b)/db = a^b log a`` is ``0 * -inf`` at ``a = 0``: Hill functions of a species
+    that starts at zero would make every sensitivity NaN. Non-positive bases get no
+    derivative in the exponent (it is 0 or undefined there).
+    """
+    positive = base > 0
+    return jnp.where(positive, jnp.power(jnp.where(positive, base, 1.0), exponent),
+                     jnp.power(base, jax.lax.stop_gradient(exponent)))
+
+
 RUNTIME = {
     "jnp": jnp,
     "NAN": math.nan,
@@ -40,6 +53,7 @@ RUNTIME = {
     "_gamma": jss.gamma,
     "_truth": _truth,
     "_float": _as_float,
+    "_power": _power,
 }
 """Names the generated code may use besides ``s_*``, ``d_*``, ``rate_*``, ``t`` and ``x``."""
 
@@ -130,7 +144,7 @@ class MathTranslator:
             child = a.getChild(1)
             if child.getType() == L.AST_INTEGER:  # integer powers keep exact gradients at 0
                 return f"({c[0]} ** {child.getInteger()})"
-            return f"jnp.power({c[0]}, {c[1]})"
+            return f"_power({c[0]}, {c[1]})"
         if t in self.unary:
             return f"{self.unary[t]}({c[0]})"
         if t in self.reciprocal:
@@ -142,7 +156,7 @@ class MathTranslator:
         if t == L.AST_FUNCTION_LOG:
             return f"jnp.log10({c[0]})" if len(c) == 1 else f"(jnp.log({c[1]}) / jnp.log({c[0]}))"
         if t == L.AST_FUNCTION_ROOT:
-            return f"jnp.sqrt({c[0]})" if len(c) == 1 else f"jnp.power({c[1]}, 1.0 / {c[0]})"
+            return f"jnp.sqrt({c[0]})" if len(c) == 1 else f"_power({c[1]}, 1.0 / {c[0]})"
         if t in (L.AST_FUNCTION_MAX, L.AST_FUNCTION_MIN):
             fold = "jnp.maximum" if t == L.AST_FUNCTION_MAX else "jnp.minimum"
             out = c[0]

@@ -505,10 +505,16 @@ class SBMLModel:
         return constants, x0
 
     def vector_field(self, t, x, constants):
-        """``dx/dt`` for the state `x` (`constants` from `initial`)."""
+        """``dx/dt`` for the state `x` (`constants` from `initial`).
+
+        Non-finite values are replaced by a huge finite one: the step is then rejected by
+        the error control, as a NaN would be, but the implicit solvers' linear solves
+        (and their derivatives, which Lineax checks and raises on) stay finite.
+        """
         if x.shape[0] == 0:
             return x
-        return jnp.stack([jnp.asarray(v, x.dtype) for v in self._rhs(t, x, constants)])
+        dx = jnp.stack([jnp.asarray(v, x.dtype) for v in self._rhs(t, x, constants)])
+        return jnp.where(jnp.isfinite(dx), dx, jnp.sqrt(jnp.finfo(x.dtype).max))
 
     def observe(self, t, x, constants) -> dict:
         """Every symbol's value at one time, plus ``"amount:<species>"`` and
