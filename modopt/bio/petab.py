@@ -508,39 +508,36 @@ class PetabProblem:
             out = out.at[o.rows].set(h)
         return out
 
-    def _residuals(self, x):
-        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` for normal noise.
-
-        One standardised residual ``(f(m) - f(h)) / sigma`` per measurement; when the
-        noise depends on estimated parameters, also one ``sqrt(2 log sigma + C)`` per
-        measurement (`SIGMA_RESIDUAL_OFFSET`). Laplace points give
-        ``sign(z) sqrt(2 |z|)``. Their Gauss-Newton matrix ``J^T J`` is the Fisher
-        information of the simulated observables (for fixed noise).
-        """
+    def _residual_parts(self, x, noise_term):
         parts, noise = [], []
         for o, m, h, sigma in self._per_observable(x):
             z = _standardized(m, h, sigma, o.transformation)
             if o.distribution == "laplace":
                 z = jnp.sign(z) * jnp.sqrt(2 * jnp.abs(z))
             parts.append(z)
-            noise.append(jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
+            noise.append(noise_term(sigma))
         return jnp.concatenate(parts + (noise if self._noise_is_estimated else []))
+
+    def _residuals(self, x):
+        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (the least-squares form).
+
+        One standardised residual ``z = (f(m) - f(h)) / sigma`` per measurement
+        (``sign(z) sqrt(2 |z|)`` for Laplace noise); when the noise depends on estimated
+        parameters, also one ``sqrt(2 log sigma + C)`` per measurement
+        (`SIGMA_RESIDUAL_OFFSET`), the trick AMICI uses for least-squares optimisers.
+        """
+        return self._residual_parts(
+            x, lambda sigma: jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
 
     def _fisher_outputs(self, x):
-        """``(z, sqrt(2) log sigma)``: standardised residuals, then (when the noise is
-        estimated) the scaled log noise per measurement. With
-        ``nllh = 0.5 |z|^2 + sum(log sigma) + const``, the identity metric on these
+        """``z`` then, when the noise is estimated, ``sqrt(2) log sigma`` per measurement.
+
+        With ``nllh = 0.5 |z|^2 + sum(log sigma) + const``, the identity metric on these
         outputs gives ``J^T J`` = the Fisher information of the observables plus
-        ``(2 + z^2)`` times that of ``log sigma`` (3 in expectation instead of 2):
-        close to the Fisher information, unlike the ``sqrt(2 log sigma + C)`` residual."""
-        parts, noise = [], []
-        for o, m, h, sigma in self._per_observable(x):
-            z = _standardized(m, h, sigma, o.transformation)
-            if o.distribution == "laplace":
-                z = jnp.sign(z) * jnp.sqrt(2 * jnp.abs(z))
-            parts.append(z)
-            noise.append(math.sqrt(2.0) * jnp.log(sigma))
-        return jnp.concatenate(parts + (noise if self._noise_is_estimated else []))
+        ``(2 + z^2)`` times that of ``log sigma`` (3 in expectation instead of 2): close to
+        the Fisher information, unlike the ``sqrt(2 log sigma + C)`` residual, whose
+        ``J^T J`` for the noise is about ``1 / C`` of it."""
+        return self._residual_parts(x, lambda sigma: math.sqrt(2.0) * jnp.log(sigma))
 
     def residual_constant(self):
         """``nllh(x) - 0.5 |residuals(x)|^2``, independent of ``x`` for normal noise."""
