@@ -39,7 +39,8 @@ from .morphogen import (
 )
 from .toggle import TOGGLE_NOMINAL
 
-FIT_DEFAULTS = {"method": "steps", "mass": 1e-3, "gtol": 1e-8, "max_steps": 200, "s1": 40.0}
+FIT_DEFAULTS = {"method": "steps", "mass": 1e-3, "initial_mass_scale": 1.0,
+                "min_mass_scale": 1e-6, "gtol": 1e-8, "max_steps": 200, "s1": 40.0}
 
 MORPHOGEN_DEFAULTS = {
     "n_cells": 12, "observed": None, "parameters": MORPHOGEN_NOMINAL,
@@ -51,9 +52,12 @@ MORPHOGEN_DEFAULTS = {
 }
 
 TOGGLE_DOSE_DEFAULTS = {
-    "time": 50.0, "doses": {"low": 1e-6, "high": 1e-3, "num": 24, "zero": True},
-    "noise": 0.05, "noise_floor": 0.01, "seed": 0, "start_offset": 0.5,
-    "rtol": 1e-8, "atol": 1e-8, "curve_points": 61, **FIT_DEFAULTS,
+    "time": 10.0, "doses": {"low": 1e-6, "high": 1e-3, "num": 24, "zero": True},
+    "noise": 0.05, "noise_floor": 0.01, "seed": 0, "start_offset": 0.5, "starts": 4,
+    "accept_level": 0.999, "rtol": 1e-8, "atol": 1e-8, "curve_points": 61,
+    "profile": {"low": 0.2, "high": 1000.0, "num": 24},
+    **FIT_DEFAULTS, "mass": 1.0, "initial_mass_scale": 1e3, "min_mass_scale": 1.0,
+    "max_steps": 200,
 }
 
 
@@ -107,8 +111,9 @@ def evaluate(module, conditions):
 
 
 def fit_parameters(
-    module, conditions, data, sigma, *, method: str = "steps", mass: float = 1e-3,
-    gtol: float = 1e-8, max_steps: int = 200, s1: float = 40.0, min_mass_scale: float = 1e-6,
+    module, conditions, data, sigma, *, method: str = "steps", mass=1e-3,
+    initial_mass_scale: float = 1.0, gtol: float = 1e-8, max_steps: int = 200, s1: float = 40.0,
+    min_mass_scale: float = 1e-6, learning_rate: float = 1.0,
 ):
     """Fit `module`'s parameters to `data` by weighted least squares.
 
@@ -122,25 +127,39 @@ def fit_parameters(
     - `conditions`: the inputs, one row per experiment.
     - `data`, `sigma`: the measurements and their standard deviations, shaped like
       ``jax.vmap(module)(conditions)``.
-    - `method`: ``"steps"`` for Riemannian steps of length 1 with a Levenberg-Marquardt
-      mass (`modopt.RiemannianSteps` with `modopt.AdaptiveMass`, the paper's Algorithm 1),
+    - `method`: ``"steps"`` for Riemannian steps with a Levenberg-Marquardt mass
+      (`modopt.RiemannianSteps` with `modopt.AdaptiveMass`, the paper's Algorithm 1),
       stopped when ``g^T u < gtol``; ``"flow"`` for the Riemannian gradient flow
       (`modopt.flow`) to pseudo-time `s1`, stopped by the same test. The steps compile
-      one step (a few seconds); the flow traces the model about ten times (~40 s here).
-    - `mass`: the mass ``D = mass I`` (steps: its starting value).
+      one step (a few seconds); the flow traces the model about ten times, which takes
+      40-90 s for these examples.
+    - `mass`: the mass ``D = mass I``, the flow's and the steps' base value; or a
+      per-array pytree (see `modopt.RiemannianSteps`).
+    - `initial_mass_scale`: steps only: the first step's mass is
+      ``mass * initial_mass_scale``; after each step it is halved if the loss fell and
+      quadrupled (and the step undone) if it rose. A large first mass keeps the first
+      steps short when the start is far off.
     - `gtol`: the stopping test on ``g^T u``.
     - `max_steps`: the most steps (or flow solver steps).
     - `s1`: the flow's final pseudo-time.
-    - `min_mass_scale`: the steps' smallest mass multiplier.
+    - `min_mass_scale`: steps only: the smallest mass multiplier. With 1 the mass never
+      drops below `mass`, which keeps steps short along poorly determined directions.
+    - `learning_rate`: steps only: the step is ``-learning_rate * u``.
 
     **Returns:** ``(fitted_module, info)``: `info` has the method, ``converged``, the final
     ``loss``, ``num_steps``, ``wall_time_s`` (compilation included) and ``history``.
 
     **Raises:** `ValueError` for an unknown `method`.
     """
+    if method not in ("steps", "flow"):
+        raise ValueError(f"fit_parameters: method must be 'steps' or 'flow', got {method!r}.")
     weights = jnp.asarray(1.0 / np.asarray(sigma) ** 2)
     conditions, targets = jnp.asarray(conditions), jnp.asarray(data)
     metric = metrics.Diagonal(weights)
+    if isinstance(mass, (int, float, np.ndarray, jax.Array)) and np.ndim(mass) == 0:
+        mass = jax.tree.map(lambda _: mass, eqx.filter(module, eqx.is_inexact_array))
+    # arrays, not floats: a jitted step is traced once for every mass
+    mass = jax.tree.map(jnp.asarray, mass)
     loss = _weighted_loss(weights)
 
     began = time.perf_counter()
@@ -152,22 +171,20 @@ def fit_parameters(
         reached = np.isfinite(np.asarray(solution.losses))
         history = {"s": np.asarray(solution.ts)[reached].tolist(),
                    "loss": np.asarray(solution.losses)[reached].tolist()}
-    elif method == "steps":
-        optimizer = RiemannianSteps(
-            1.0, output_metric=metric, mass=mass,
-            adaptive_mass=AdaptiveMass(min_scale=min_mass_scale),
-        )
-        fitted, state = module, optimizer.init(module)
-        losses, converged, num_steps = [], False, 0
-        for num_steps in range(1, int(max_steps) + 1):
+    else:
+        adaptive = AdaptiveMass(min_scale=min_mass_scale, max_scale=1e12)
+        optimizer = RiemannianSteps(learning_rate, output_metric=metric, mass=mass,
+                                    adaptive_mass=adaptive)
+        state = optimizer.init(module)
+        scale = jnp.asarray(initial_mass_scale, state.mass_scale.dtype)
+        fitted, state = module, eqx.tree_at(lambda s: s.mass_scale, state, scale)
+        losses, converged = [], False
+        while not converged and len(losses) < int(max_steps):
             fitted, state = _step(optimizer, fitted, state, conditions, targets, weights)
             losses.append(float(state.value))
-            if float(state.riemannian_norm2) < gtol:
-                converged = True
-                break
+            converged = float(state.riemannian_norm2) < gtol
+        num_steps = len(losses)
         history = {"step": list(range(len(losses))), "loss": losses}
-    else:
-        raise ValueError(f"fit_parameters: method must be 'steps' or 'flow', got {method!r}.")
     seconds = time.perf_counter() - began
     final = float(loss(evaluate(fitted, conditions), targets))
     return fitted, {"method": method, "converged": converged, "loss": final,
@@ -227,6 +244,94 @@ def fisher_summary(names, jacobian, rank_rtol: float = 1e-10) -> dict:
     return summary
 
 
+def _with_log_shift(module, shift, names):
+    """`module` with the log-parameters `names` (all if ``None``) shifted by `shift`: those
+    parameters times ``exp(shift)``."""
+    return eqx.tree_at(lambda m: m.params, module, {
+        name: value + shift if names is None or name in names else value
+        for name, value in module.params.items()
+    })
+
+
+def scaling_scan(module, conditions, data, sigma, factors, names=None) -> np.ndarray:
+    """The weighted least-squares loss of `module` with the parameters `names` (default
+    all) multiplied by each of `factors`, the others held; e.g. all three rates of the
+    morphogen line, the direction ``(D, k, s) -> (a D, a k, a s)``.
+
+    **Returns:** the losses, shape ``(len(factors),)``.
+    """
+    weights = jnp.asarray(1.0 / np.asarray(sigma) ** 2)
+    shifts = jnp.log(jnp.asarray(factors))
+    names = None if names is None else tuple(names)
+    return np.asarray(_scan(module, jnp.asarray(conditions), jnp.asarray(data), weights,
+                            shifts, names))
+
+
+@eqx.filter_jit
+def _scan(module, conditions, data, weights, shifts, names):
+    def loss(shift):
+        predictions = jax.vmap(_with_log_shift(module, shift, names))(conditions)
+        return 0.5 * jnp.sum(weights * (predictions - data) ** 2)
+
+    return jax.vmap(loss)(shifts)
+
+
+def _scan_factors(low: float, high: float, num: int) -> np.ndarray:
+    """Log-spaced factors from `low` to `high` that include 1 exactly."""
+    half = max(int(num) // 2, 1) + 1
+    return np.unique(np.concatenate([np.geomspace(low, 1.0, half), [1.0],
+                                     np.geomspace(1.0, high, half)]))
+
+
+def profile_loss(fitted, name: str, factors, conditions, data, sigma, **fit_options) -> dict:
+    """The profile of the loss in one parameter: for each of `factors`, that parameter is
+    held at ``factors * estimate`` and the others are refitted (warm-started outward from
+    the estimate). The parameter is held by a mass of 1e12 on it alone.
+
+    **Arguments:** `fitted` (the fitted module), `name` (the parameter), `factors`
+    (multipliers, including 1), the data of `fit_parameters` and its `fit_options`.
+
+    **Returns:** ``{"values", "losses", "converged"}``, sorted by value; ``values`` are
+    the held parameter's linear values as they ended (within 1e-6 of the grid).
+    """
+    factors = np.sort(np.asarray(factors, dtype=float))
+    mass = float(fit_options.pop("mass", 1e-3))
+    masses = jax.tree.map(lambda _: mass, eqx.filter(fitted, eqx.is_inexact_array))
+    masses = eqx.tree_at(lambda m: m.params[name], masses, 1e12)
+    results = {}
+    centre = int(np.argmin(np.abs(np.log(factors))))
+    for side in (factors[centre:], factors[:centre + 1][::-1]):
+        module = fitted
+        for factor in side:
+            held = eqx.tree_at(lambda m: m.params[name], module,
+                               fitted.params[name] + np.log(factor))
+            module, info = fit_parameters(held, conditions, data, sigma, mass=masses,
+                                          **fit_options)
+            results[float(factor)] = (float(np.exp(module.params[name])), info["loss"],
+                                      info["converged"])
+    rows = [results[f] for f in sorted(results)]
+    return {"values": [r[0] for r in rows], "losses": [r[1] for r in rows],
+            "converged": [r[2] for r in rows]}
+
+
+def _profile_interval(profile: dict, minimum: float, rise: float) -> list:
+    """Where the profile first rises `rise` above `minimum` on each side of its lowest
+    point (log-linear interpolation); ``None`` on a side where it never does."""
+    values, losses = np.log(profile["values"]), np.asarray(profile["losses"]) - minimum
+    best = int(np.argmin(losses))
+    ends = []
+    for side in (range(best, -1, -1), range(best, len(values))):
+        side = list(side)
+        end = None
+        for i, j in zip(side, side[1:]):
+            if losses[i] < rise <= losses[j]:
+                t = (rise - losses[i]) / (losses[j] - losses[i])
+                end = float(np.exp(values[i] + t * (values[j] - values[i])))
+                break
+        ends.append(end)
+    return ends
+
+
 def _rows(truth: dict, start: dict, estimate: dict, errors: dict) -> dict:
     """Per parameter: truth, start, estimate, relative error, standard error of the log
     and ``z = log(estimate / truth) / standard error``."""
@@ -271,39 +376,6 @@ def _plot_losses(out: Path, fits: dict) -> None:
 # ----------------------------------------------------------------------------- morphogen
 
 
-def _with_log_shift(module, shift):
-    """`module` with every log-rate shifted by `shift`: all rates times ``exp(shift)``."""
-    return eqx.tree_at(lambda m: m.params, module,
-                       {name: value + shift for name, value in module.params.items()})
-
-
-def scaling_scan(module, conditions, data, sigma, factors) -> np.ndarray:
-    """The weighted least-squares loss of `module` with all its rates multiplied by each
-    of `factors` (the direction ``(D, k, s) -> (a D, a k, a s)``).
-
-    **Returns:** the losses, shape ``(len(factors),)``.
-    """
-    weights = jnp.asarray(1.0 / np.asarray(sigma) ** 2)
-    shifts = jnp.log(jnp.asarray(factors))
-    return np.asarray(_scan(module, jnp.asarray(conditions), jnp.asarray(data), weights, shifts))
-
-
-@eqx.filter_jit
-def _scan(module, conditions, data, weights, shifts):
-    def loss(shift):
-        predictions = jax.vmap(_with_log_shift(module, shift))(conditions)
-        return 0.5 * jnp.sum(weights * (predictions - data) ** 2)
-
-    return jax.vmap(loss)(shifts)
-
-
-def _scan_factors(low: float, high: float, num: int) -> np.ndarray:
-    """Log-spaced factors from `low` to `high` that include 1 exactly."""
-    half = max(int(num) // 2, 1) + 1
-    return np.unique(np.concatenate([np.geomspace(low, 1.0, half), [1.0],
-                                     np.geomspace(1.0, high, half)]))
-
-
 def _pattern_time(times, fates) -> float:
     """The first time after which every cell keeps its final fate (``nan`` if never)."""
     settled = np.all(fates == fates[-1], axis=1)
@@ -322,8 +394,10 @@ def run_morphogen(config: dict, out: Path) -> dict:
     - `config`: options (missing ones take `MORPHOGEN_DEFAULTS`): ``n_cells``,
       ``observed`` (cell indices, default all), ``parameters`` (the truth), ``times``
       (``start``, ``stop``, ``num``), ``noise``, ``noise_floor``, ``seed``,
-      ``start_offset``, ``thresholds``, ``scan`` (``low``, ``high``, ``num``), ``rtol``,
-      ``atol`` and the fit's ``method``, ``mass``, ``gtol``, ``max_steps``, ``s1``.
+      ``start_offset``, ``steady_state_starts`` (multiples of the start for the
+      steady-state fits), ``thresholds``, ``scan`` (``low``, ``high``, ``num``), ``rtol``,
+      ``atol`` and the options of `fit_parameters` (``method``, ``mass``,
+      ``initial_mass_scale``, ``min_mass_scale``, ``gtol``, ``max_steps``, ``s1``).
     - `out`: the results folder.
 
     **Returns:** the summary written to ``out/summary.json``; plots ``fit.png``,
@@ -418,9 +492,8 @@ def run_morphogen(config: dict, out: Path) -> dict:
         "french_flag": {"thresholds": list(thresholds), "fates": list(FATES),
                         "steady_state": {k: v.tolist() for k, v in flags.items()},
                         "pattern_time": pattern_times},
-        "wall_time_s": None,
+        "wall_time_s": time.perf_counter() - began,
     }
-    summary["wall_time_s"] = time.perf_counter() - began
     _write_json(out, summary)
     smooth = np.linspace(0.0, times[-1], 101)[1:]
     _plot_morphogen_fit(out, times, data[0], sigma[0], smooth,
@@ -597,7 +670,8 @@ def _plot_french_flag(out, profiles, flags, kymographs, dense, thresholds) -> No
         ax.set_xlabel("cell")
         ax = axes[1, j]
         ax.imshow(kymographs[label], cmap=colours, vmin=0, vmax=2, aspect="auto",
-                  origin="lower", interpolation="nearest", extent=(-0.5, n - 0.5, dense[0], dense[-1]))
+                  origin="lower", interpolation="nearest",
+                  extent=(-0.5, n - 0.5, dense[0], dense[-1]))
         ax.set_xlabel("cell")
         ax.set_ylabel("time (h)")
         ax.set_title(f"{label}: fates over time", fontsize=9)
@@ -610,130 +684,222 @@ def _plot_french_flag(out, profiles, flags, kymographs, dense, thresholds) -> No
 # ----------------------------------------------------------------------------- toggle
 
 
+def sign_starts(truth: dict, offset: float, count: int, seed: int) -> list[dict]:
+    """`count` starts, each parameter times ``1 + offset`` or ``1 - offset``, with distinct
+    random sign patterns (at most ``2^len(truth)``)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.choice(2 ** len(truth), size=min(int(count), 2 ** len(truth)), replace=False)
+    return [{name: value * (1 + offset * (1 if (code >> i) & 1 else -1))
+             for i, (name, value) in enumerate(truth.items())} for code in codes]
+
+
 def run_toggle_dose_response(config: dict, out: Path) -> dict:
     """The toggle-switch example: all six parameters from a noisy IPTG dose-response read
-    at one time from both stable states, and the Fisher information of three designs
-    (both starts, the ``u``-high start only, the ``v``-high start only).
+    at one time from both stable states, and the Fisher information of four designs
+    (both initial states, each alone, and both with every other dose).
+
+    The loss of a bistable switch's dose-response is rough: a start whose switching
+    threshold lies between other doses than the truth's sits on a plateau or in a local
+    minimum (one where ``a1`` and ``a2`` collapse). So the fit is run from ``starts``
+    starts (distinct sign patterns of ``1 +- start_offset``), the converged fit of lowest
+    loss is kept, and it is checked by the chi-square test of fit
+    (``2 loss <= chi2.ppf(accept_level, data - parameters)``; ``accepted`` in the summary).
+    A shallower minimum lies at infinity: as ``K`` and ``eta`` grow together,
+    ``(1 + IPTG/K)^eta`` tends to ``exp(IPTG eta/K)``, and a fit can run off there with a
+    loss that passes the test; the profile of the loss in ``K`` (``profile_K``, the other
+    five refitted at each ``K``) shows it.
 
     **Arguments:**
 
-    - `config`: options (missing ones take `TOGGLE_DOSE_DEFAULTS`): ``time``, ``doses``
-      (``low``, ``high``, ``num``, ``zero``), ``noise``, ``noise_floor``, ``seed``,
-      ``start_offset``, ``rtol``, ``atol``, ``curve_points`` and the fit's ``method``,
-      ``mass``, ``gtol``, ``max_steps``, ``s1``.
+    - `config`: options (missing ones take `TOGGLE_DOSE_DEFAULTS`): ``time`` (the
+      read-out time), ``doses`` (``low``, ``high``, ``num``, ``zero``), ``noise``,
+      ``noise_floor``, ``seed``, ``start_offset``, ``starts``, ``accept_level``,
+      ``profile`` (``low``, ``high``: the range of ``K / estimate``; ``num``: points, 0
+      for none), ``rtol``, ``atol``, ``curve_points`` (doses of the plotted curves) and
+      the options of `fit_parameters` (``method``, ``mass``, ``initial_mass_scale``,
+      ``min_mass_scale``, ``gtol``, ``max_steps``, ``s1``).
     - `out`: the results folder.
 
     **Returns:** the summary written to ``out/summary.json``; plots
     ``dose_response.png``, ``identifiability.png`` and ``loss.png``.
     """
+    from scipy.stats import chi2
+
     jax.config.update("jax_enable_x64", True)
     o = _options(TOGGLE_DOSE_DEFAULTS, config)
     d = o["doses"]
     doses = iptg_doses(d["low"], d["high"], int(d["num"]), bool(d["zero"]))
-    starts = list(TOGGLE_STARTS.values())
-    conditions = dose_conditions(doses, starts)
+    initial_states = list(TOGGLE_STARTS.values())
+    conditions = dose_conditions(doses, initial_states)
     truth = dict(TOGGLE_NOMINAL)
     ode = {"time": o["time"], "rtol": o["rtol"], "atol": o["atol"]}
     began = time.perf_counter()
 
     clean = np.asarray(evaluate(toggle_dose_response(truth, **ode), jnp.asarray(conditions)))
     data, sigma = noisy_data(clean, o["noise"], o["noise_floor"], o["seed"])
-    start = start_parameters(truth, o["start_offset"], o["seed"])
-    fitted, info = fit_parameters(toggle_dose_response(start, **ode), conditions, data, sigma,
-                                  **{key: o[key] for key in FIT_DEFAULTS})
+    bound = float(chi2.ppf(o["accept_level"], data.size - len(truth)) / 2)
+    fits = []
+    for start in sign_starts(truth, o["start_offset"], o["starts"], o["seed"]):
+        fitted, info = fit_parameters(toggle_dose_response(start, **ode), conditions, data,
+                                      sigma, **{key: o[key] for key in FIT_DEFAULTS})
+        fits.append((fitted, info, start))
+    # the lowest converged loss (the lowest of all if none converged: flagged below)
+    candidates = [f for f in fits if f[1]["converged"]] or fits
+    best = min(candidates, key=lambda f: f[1]["loss"])
+    infos = [f[1] for f in fits]
+    attempts = [{"start": f[2], **{k: v for k, v in f[1].items() if k != "history"}}
+                for f in fits]
+    fitted, info, start = best
+    for a in attempts:
+        a["at_best"] = bool(a["converged"] and a["loss"] - info["loss"] < 1e-2)
     names, jac = weighted_jacobian(fitted, conditions, sigma)
     estimate = _linear(fitted)
     rows = _rows(truth, start, estimate, fisher_summary(names, jac)["standard_errors"])
+    # (1 + IPTG/K)^eta ~ 1 + (eta/K) IPTG at low doses: the slope is better determined
+    # than K and eta themselves.
+    covariance = np.linalg.inv(jac.T @ jac)
+    direction = np.array([{"eta": 1.0, "K": -1.0}.get(n, 0.0) for n in names])
+    se = float(np.sqrt(direction @ covariance @ direction))
+    slope, true_slope = estimate["eta"] / estimate["K"], truth["eta"] / truth["K"]
+    combinations = {"eta/K": {"truth": true_slope, "estimate": slope,
+                              "relative_error": slope / true_slope - 1, "standard_error": se,
+                              "z_score": float(np.log(slope / true_slope) / se)}}
+    # The weak pair beyond the quadratic (Cramer-Rao) picture: the profile of the loss in
+    # K, the other five refitted at each K.
+    grid, profile = o["profile"], None
+    if int(grid["num"]) > 0:
+        factors = _scan_factors(grid["low"], grid["high"], grid["num"])
+        profile = profile_loss(fitted, "K", factors, conditions, data, sigma,
+                               **{key: o[key] for key in FIT_DEFAULTS})
+        profile["interval_95"] = _profile_interval(profile, info["loss"], 1.92)
 
-    # The Fisher information at the truth (expected noise), by design.
+    # The Fisher information at the truth (expected noise), by design: rows are
+    # (start, dose, output) in that order.
     expected_sigma = o["noise"] * np.abs(clean) + o["noise_floor"]
     names, jac_truth = weighted_jacobian(toggle_dose_response(truth, **ode), conditions,
                                          expected_sigma)
-    per_start = 2 * len(doses)  # rows of one start: doses x (u, v)
-    designs = {"both starts": jac_truth}
+    index = np.arange(jac_truth.shape[0]).reshape(len(initial_states), len(doses), 2)
+    designs = {"both initial states": index}
     for i, label in enumerate(TOGGLE_STARTS):
-        designs[f"{label} start only"] = jac_truth[i * per_start:(i + 1) * per_start]
-    fisher = {label: fisher_summary(names, j) for label, j in designs.items()}
+        designs[f"{label} initial state only"] = index[i:i + 1]
+    designs["both, every other dose"] = index[:, ::2]
+    fisher = {label: {"num_doses": int(selection.shape[1]),
+                      "initial_states": int(selection.shape[0]),
+                      **fisher_summary(names, jac_truth[selection.reshape(-1)])}
+              for label, selection in designs.items()}
     loss_at_truth = float(0.5 * np.sum(((clean - data) / sigma) ** 2))
+    curve = np.geomspace(d["low"], d["high"], int(o["curve_points"]))
+    curve = np.concatenate([[0.0], curve]) if d["zero"] else curve
+    curve_conditions = jnp.asarray(dose_conditions(curve, initial_states))
+    curves = {label: np.asarray(evaluate(toggle_dose_response(params, **ode),
+                                         curve_conditions))
+              for label, params in (("truth", truth), ("fit", estimate))}
 
     summary = {
         "example": "toggle_dose_response", "time": o["time"], "doses": doses.tolist(),
-        "starts": TOGGLE_STARTS, "noise": o["noise"], "noise_floor": o["noise_floor"],
-        "seed": o["seed"], "start_offset": o["start_offset"], "num_data": int(data.size),
-        **{k: v for k, v in info.items() if k != "history"},
-        "loss_at_truth": loss_at_truth,
+        "initial_states": TOGGLE_STARTS, "noise": o["noise"],
+        "noise_floor": o["noise_floor"], "seed": o["seed"], "start_offset": o["start_offset"],
+        "num_data": int(data.size), **{k: v for k, v in info.items() if k != "history"},
+        "accepted": bool(info["converged"] and info["loss"] <= bound),
+        "accept_loss_bound": bound,
+        "starts_at_best": sum(a["at_best"] for a in attempts),
+        "attempts": attempts, "loss_at_truth": loss_at_truth,
         "parameters": rows, "max_abs_z": max(abs(r["z_score"]) for r in rows.values()),
-        "fisher": fisher, "wall_time_s_total": None,
+        "combinations": combinations, "fisher": fisher,
+        "profile_K": profile, "wall_time_s_total": time.perf_counter() - began,
     }
-    curve = np.geomspace(d["low"], d["high"], int(o["curve_points"]))
-    curve = np.concatenate([[0.0], curve]) if d["zero"] else curve
-    curve_conditions = jnp.asarray(dose_conditions(curve, starts))
-    curves = {label: np.asarray(evaluate(toggle_dose_response(p, **ode), curve_conditions))
-              for label, p in (("truth", truth), ("fit", estimate))}
-    summary["wall_time_s_total"] = time.perf_counter() - began
     _write_json(out, summary)
-    _plot_dose_response(out, doses, data, sigma, curve, curves, len(starts))
-    _plot_toggle_fisher(out, names, fisher)
-    _plot_losses(out, {"dose-response fit": info})
+    _plot_dose_response(out, doses, data, sigma, curve, curves, len(initial_states),
+                        o["time"])
+    _plot_toggle_fisher(out, names, fisher, profile, estimate["K"], info["loss"],
+                        rows["K"]["standard_error"])
+    _plot_losses(out, {f"start {i}": a for i, a in enumerate(infos)})
 
-    print(f"toggle dose-response: {len(doses)} doses x {len(starts)} starts x (u, v) = "
-          f"{data.size} data at t = {o['time']:g}; {info['method']}, {info['num_steps']} steps, "
-          f"{info['wall_time_s']:.1f} s")
+    print(f"toggle dose-response: {len(doses)} doses x {len(initial_states)} initial states "
+          f"x (u, v) = {data.size} data at t = {o['time']:g}")
+    for i, a in enumerate(attempts):
+        print(f"  start {i}: {a['method']}, {a['num_steps']} steps, {a['wall_time_s']:.1f} s, "
+              f"loss {a['loss']:.4g}{' (best)' if a['at_best'] else ''}")
+    print(f"  kept the best: {'passes' if summary['accepted'] else 'FAILS'} the chi-square "
+          f"test of fit (loss <= {bound:.4g})")
     _print_rows(rows)
+    _print_rows(combinations)
     for label, f in fisher.items():
-        print(f"{label:>22}: Fisher singular values min/max {f['ratio']:.2g}")
+        errors = f["standard_errors"] or {}
+        print(f"{label:>28}: Fisher singular values min/max {f['ratio']:.2g}; standard "
+              "errors " + ", ".join(f"{n} {100 * e:.0f} %" for n, e in errors.items()))
     return summary
 
 
-def _plot_dose_response(out, doses, data, sigma, curve, curves, n_starts) -> None:
+def _plot_dose_response(out, doses, data, sigma, curve, curves, n_states, time) -> None:
     plt = _plt()
-    positive = doses[doses > 0]
-    zero_at = positive.min() / 4
-
-    def x_of(values):
-        return np.where(values > 0, values, zero_at)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    data = data.reshape(n_starts, len(doses), 2)
-    sigma = sigma.reshape(n_starts, len(doses), 2)
+    zero_at = doses[doses > 0].min() / 4  # where the zero dose is drawn on the log axis
+    on_axis = curve > 0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    data = data.reshape(n_states, len(doses), 2)
+    sigma = sigma.reshape(n_states, len(doses), 2)
+    x = np.where(doses > 0, doses, zero_at)
     for s, label in enumerate(TOGGLE_STARTS):
         color = f"C{s}"
-        for k, name in enumerate(("u", "v")):
+        truth = curves["truth"].reshape(n_states, len(curve), 2)[s]
+        fit = curves["fit"].reshape(n_states, len(curve), 2)[s]
+        for k in range(2):
             ax = axes[k]
-            truth = curves["truth"].reshape(n_starts, len(curve), 2)[s, :, k]
-            fit = curves["fit"].reshape(n_starts, len(curve), 2)[s, :, k]
-            ax.errorbar(x_of(doses), data[s, :, k], sigma[s, :, k], fmt="o", ms=3,
-                        color=color, alpha=0.7, label=f"data, {label} start")
-            ax.plot(x_of(curve), truth, "--", color="k" if s == 0 else "0.4", lw=1,
-                    label=f"truth, {label} start")
-            ax.plot(x_of(curve), fit, "-", color=color, lw=1.5, label=f"fit, {label} start")
+            ax.errorbar(x, data[s, :, k], sigma[s, :, k], fmt="o", ms=3, color=color,
+                        alpha=0.7, label=f"data, {label} initial state")
+            ax.plot(curve[on_axis], truth[on_axis, k], "--", color="k" if s == 0 else "0.45",
+                    lw=1, label=f"truth, {label} initial state")
+            ax.plot(curve[on_axis], fit[on_axis, k], "-", color=color, lw=1.5,
+                    label=f"fit, {label} initial state")
+            if not on_axis.all():
+                ax.plot([zero_at], truth[~on_axis, k], "_", color="k", ms=14)
+                ax.plot([zero_at], fit[~on_axis, k], "_", color=color, ms=10, mew=2)
     for k, name in enumerate(("u", "v")):
         ax = axes[k]
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.axvline(zero_at * 2, color="0.7", lw=0.8)
-        ax.set_xlabel("IPTG (M); leftmost points: no IPTG")
-        ax.set_ylabel(f"{name} at the read-out time")
-        ax.set_title(f"repressor {name}", fontsize=9)
-    axes[0].legend(fontsize=7)
+        ax.set_xlabel("IPTG (M); left of the grey line: no IPTG")
+        ax.set_ylabel(f"{name} at t = {time:g}")
+        ax.set_title(f"repressor {name}: dose-response from both stable states", fontsize=9)
+    axes[0].legend(fontsize=7, loc="center left")
     fig.tight_layout()
     fig.savefig(out / "dose_response.png", dpi=110)
     plt.close(fig)
 
 
-def _plot_toggle_fisher(out, names, fisher) -> None:
+def _plot_toggle_fisher(out, names, fisher, profile, k_hat, loss, se_k) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.8),
+                                    gridspec_kw={"width_ratios": [1.4, 1]})
     width = 0.8 / len(fisher)
     for i, (label, f) in enumerate(fisher.items()):
         errors = [f["standard_errors"][n] if f["standard_errors"] else np.nan for n in names]
         ax.bar(np.arange(len(names)) + (i - (len(fisher) - 1) / 2) * width, errors, width,
-               label=f"{label} (sv ratio {f['ratio']:.1g})")
+               label=f"{label} ({f['num_doses']} doses; singular value ratio "
+                     f"{f['ratio']:.1g})")
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_yscale("log")
     ax.set_ylabel("Cramer-Rao standard error of log(parameter)")
     ax.set_title("what each design of the dose-response identifies", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "identifiability.png", dpi=110)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    if profile is None:
+        right.set_axis_off()
+        fig.savefig(out / "identifiability.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return
+    ratio = np.asarray(profile["values"]) / k_hat
+    right.semilogx(ratio, np.asarray(profile["losses"]) - loss, "C0.-",
+                   label="profile: the other five refitted")
+    fine = np.geomspace(ratio.min(), ratio.max(), 200)
+    right.semilogx(fine, np.log(fine) ** 2 / (2 * se_k**2), "k--", lw=1,
+                   label=f"quadratic, Cramer-Rao se {100 * se_k:.0f} %")
+    right.axhline(1.92, color="0.5", ls=":", lw=1, label="1.92: 95 % for one parameter")
+    top = 1.5 * max(np.max(np.asarray(profile["losses"]) - loss), 1.92)
+    right.set_ylim(-0.05 * top, top)
+    right.set_xlabel("K / estimate")
+    right.set_ylabel("loss - loss at the estimate")
+    right.set_title("K's profile: not quadratic, it levels off as K grows", fontsize=9)
+    right.legend(fontsize=7)
+    fig.savefig(out / "identifiability.png", dpi=110, bbox_inches="tight")
     plt.close(fig)

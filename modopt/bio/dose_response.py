@@ -42,7 +42,7 @@ def dose_conditions(doses, starts=tuple(TOGGLE_STARTS.values())) -> np.ndarray:
     **Raises:** `ValueError` for negative doses or starts that are not ``(u0, v0)`` pairs.
     """
     doses = np.asarray(doses, dtype=float).reshape(-1)
-    starts = np.asarray(starts, dtype=float)
+    starts = np.asarray(list(starts), dtype=float)
     if np.any(doses < 0) or doses.size == 0:
         raise ValueError(f"IPTG doses must be a non-empty list of values >= 0, got {doses}.")
     if starts.ndim != 2 or starts.shape[1] != 2:
