@@ -275,9 +275,23 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
 
     state = runners["init"](x_batch)
     x, trace, previous = x_batch, [], np.inf
+    broken = np.zeros(x_batch.shape[0], bool)
+    one_by_one = False
     for done in range(chunk, iterations + chunk, chunk):
-        x, state, value = runners["chunk"](x, state)
-        value = np.asarray(value)
+        if not one_by_one:
+            try:
+                x, state, value = runners["chunk"](x, state)
+            except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError) as error:
+                # Lineax raises from derivative solves inside implicit ODE solvers when one
+                # start's state overflows; in a batch that would end every start. Keep the
+                # chunk's starting point and continue start by start without the culprit.
+                if progress:
+                    print(f"  steps: a start raised ({type(error).__name__}); continuing "
+                          "start by start", flush=True)
+                one_by_one = True
+        if one_by_one:
+            x, state, value, broken = _chunk_one_by_one(runners["chunk"], x, state, broken)
+        value = np.where(broken, np.nan, np.asarray(value))
         trace.append(value)
         # Converged: Fisher-metric gradient norm below gtol, or (at a bound, where the
         # projected step is zero but the gradient is not) no progress over a chunk.
@@ -294,3 +308,23 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
             break
     return (np.asarray(x)[:count], value[:count], stationary[:count],
             np.stack(trace, axis=1)[:count])
+
+
+def _chunk_one_by_one(run, x, state, broken):
+    """One chunk for every start on its own; a start that raises keeps its parameters
+    and is marked broken (NaN nllh) for the rest of the fit."""
+    xs, states, values = [], [], []
+    for i in range(x.shape[0]):
+        xi, si = x[i:i + 1], jax.tree.map(lambda leaf, i=i: leaf[i:i + 1], state)
+        value = jnp.full((1,), jnp.nan, x.dtype)
+        if not broken[i]:
+            try:
+                xi, si, value = run(xi, si)
+            except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError):
+                broken = broken.copy()
+                broken[i] = True
+        xs.append(xi)
+        states.append(si)
+        values.append(value)
+    state = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *states)
+    return jnp.concatenate(xs), state, jnp.concatenate(values), broken
