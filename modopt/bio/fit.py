@@ -280,8 +280,8 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
     for done in range(chunk, iterations + chunk, chunk):
         if not one_by_one:
             try:
-                x, state, value = runners["chunk"](x, state)
-            except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError) as error:
+                x, state, value = jax.block_until_ready(runners["chunk"](x, state))
+            except Exception as error:  # noqa: BLE001 - XLA re-raises it as several types
                 # Lineax raises from derivative solves inside implicit ODE solvers when one
                 # start's state overflows; in a batch that would end every start. Keep the
                 # chunk's starting point and continue start by start without the culprit.
@@ -319,8 +319,8 @@ def _chunk_one_by_one(run, x, state, broken):
         value = jnp.full((1,), jnp.nan, x.dtype)
         if not broken[i]:
             try:
-                xi, si, value = run(xi, si)
-            except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError):
+                xi, si, value = jax.block_until_ready(run(xi, si))
+            except Exception:  # noqa: BLE001 - XLA re-raises it as several types
                 broken = broken.copy()
                 broken[i] = True
         xs.append(xi)
