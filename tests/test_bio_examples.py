@@ -22,12 +22,7 @@ import pytest
 import scipy.linalg
 
 from modopt.bio import TOGGLE_NOMINAL
-from modopt.bio.bio_examples import (
-    fisher_summary,
-    run_morphogen,
-    run_toggle_dose_response,
-    weighted_jacobian,
-)
+from modopt.bio.bio_examples import fisher_summary, run_morphogen, run_toggle_dose_response
 from modopt.bio.dose_response import (
     TOGGLE_STARTS,
     dose_conditions,
@@ -41,6 +36,7 @@ from modopt.bio.morphogen import (
     morphogen_line,
     morphogen_steady_state,
 )
+from modopt.systems.recovery import weighted_jacobian
 
 DATA = Path(__file__).parent / "data" / "models"
 TIGHT = dict(rtol=1e-11, atol=1e-12, max_steps=100_000)

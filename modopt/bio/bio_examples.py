@@ -27,7 +27,7 @@ import numpy as np
 from .. import metrics
 from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
-from ..systems.recovery import noisy_data, start_parameters
+from ..systems.recovery import noisy_data, start_parameters, weighted_jacobian
 from .dose_response import TOGGLE_STARTS, dose_conditions, iptg_doses, toggle_dose_response
 from .morphogen import (
     FATES,
@@ -189,30 +189,6 @@ def fit_parameters(
     final = float(loss(evaluate(fitted, conditions), targets))
     return fitted, {"method": method, "converged": converged, "loss": final,
                     "num_steps": num_steps, "wall_time_s": seconds, "history": history}
-
-
-def weighted_jacobian(module, conditions, sigma):
-    """``J / sigma``: the Jacobian of every output (all conditions, flattened) in the
-    module's parameters (sorted by name), each row divided by that output's `sigma`, by
-    forward mode. ``J^T J`` is the Fisher information.
-
-    **Returns:** ``(names, jacobian)``, `jacobian` of shape ``(outputs, parameters)``.
-    """
-    names = sorted(module.params)
-    jac = np.asarray(_jacobian(module, jnp.asarray(conditions)))
-    return names, jac / np.asarray(sigma).reshape(-1, 1)
-
-
-@eqx.filter_jit
-def _jacobian(module, conditions):
-    names = sorted(module.params)
-    module = module.with_sensitivity("forward")
-
-    def outputs(theta):
-        m = eqx.tree_at(lambda m: m.params, module, dict(zip(names, theta)))
-        return jax.vmap(m)(conditions).reshape(-1)
-
-    return jax.jacfwd(outputs)(jnp.stack([module.params[n] for n in names]))
 
 
 def fisher_summary(names, jacobian, rank_rtol: float = 1e-10) -> dict:

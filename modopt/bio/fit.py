@@ -77,8 +77,9 @@ class MultistartResult:
     - `status`: per start, one of `STATUSES`.
     - `starts`: the starting points.
     - `history`: ``(starts, checkpoints)`` nllh after each chunk of iterations.
-    - `wall_time_s`: total (compilation included), `compile_s`: the first chunk's
-      compilation estimate.
+    - `wall_time_s`: total, compilation included unless the same configuration was
+      fitted before (the compiled runners are cached).
+    - `method`, `x_ids`; `info`: devices, iterations, mass, gtol.
     """
 
     x: np.ndarray

@@ -445,13 +445,6 @@ class PetabProblem:
             sigma = jnp.broadcast_to(o.noise(env), shape)
             yield o, jnp.asarray(self.measurements[o.rows], linear.dtype), simulation, sigma
 
-    def _nllh(self, x):
-        total = 0.0
-        for o, m, h, sigma in self._per_observable(x):
-            total = total + jnp.sum(negative_log_likelihood(m, h, sigma, o.transformation,
-                                                            o.distribution))
-        return total
-
     def _evaluate(self, name, x):
         x = self.x_nominal if x is None else x
         function = self._compiled.get(name)
@@ -481,12 +474,6 @@ class PetabProblem:
         """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (see `_residuals`)."""
         return self._evaluate("residuals", x)
 
-    def _chi2(self, x):
-        total = 0.0
-        for o, m, h, sigma in self._per_observable(x):
-            total = total + jnp.sum(_standardized(m, h, sigma, o.transformation) ** 2)
-        return total
-
     def evaluate(self, x=None) -> dict:
         """``{"nllh", "chi2", "simulations"}`` from one simulation (cheaper than three
         calls)."""
@@ -501,12 +488,15 @@ class PetabProblem:
             simulations = simulations.astype(h.dtype).at[o.rows].set(h)
         return {"nllh": nllh, "chi2": chi2, "simulations": simulations}
 
+    # Each is the summary's part; under jit XLA drops the parts not asked for.
+    def _nllh(self, x):
+        return self._summary(x)["nllh"]
+
+    def _chi2(self, x):
+        return self._summary(x)["chi2"]
+
     def _simulations(self, x):
-        out = None
-        for o, _, h, _ in self._per_observable(x):
-            out = (jnp.zeros(self.measurements.shape, h.dtype) if out is None else out)
-            out = out.at[o.rows].set(h)
-        return out
+        return self._summary(x)["simulations"]
 
     def _residual_parts(self, x, noise_term):
         parts, noise = [], []

@@ -58,7 +58,7 @@ class SBMLModule(AbstractSystemModule):
         sim = self.model.simulate(
             self.times, values, solver=self.solver, rtol=self.rtol, atol=self.atol,
             max_steps=self.max_steps, adjoint=adjoint_for(self.sensitivity))
-        table = {"amount": sim.amounts, "concentration": sim.concentrations}.get(
-            self.quantity, sim.values)
-        return jnp.stack([table.get(o, sim.values[o]) if o in self.model.species
-                          else sim.values[o] for o in self.outputs], axis=-1)
+        species = {"amount": sim.amounts, "concentration": sim.concentrations,
+                   "value": sim.values}[self.quantity]
+        return jnp.stack([species[o] if o in species else sim.values[o]
+                          for o in self.outputs], axis=-1)

@@ -51,20 +51,35 @@ def start_parameters(nominal: dict, offset: float, seed: int) -> dict:
     return {name: value * (1 + s * offset) for (name, value), s in zip(nominal.items(), signs)}
 
 
-def standard_errors(module, conditions, sigma) -> dict:
-    """Cramer-Rao standard errors of the trained parameters: ``sqrt(diag(F^-1))`` with
-    ``F = J^T diag(1/sigma^2) J`` (forward-mode ``J``)."""
-    params, static = eqx.partition(module.with_sensitivity("forward"), eqx.is_inexact_array)
+def weighted_jacobian(module, conditions, sigma):
+    """``J / sigma``: the Jacobian of every output (all conditions, flattened) in the
+    module's parameters (sorted by name), each row divided by that output's `sigma`, by
+    forward mode. ``J^T J`` is the Fisher information.
+
+    **Returns:** ``(names, jacobian)``, `jacobian` of shape ``(outputs, parameters)``.
+    """
     names = sorted(module.params)
+    jac = np.asarray(_jacobian(module, jnp.asarray(conditions)))
+    return names, jac / np.asarray(sigma).reshape(-1, 1)
+
+
+@eqx.filter_jit
+def _jacobian(module, conditions):
+    names = sorted(module.params)
+    module = module.with_sensitivity("forward")
 
     def outputs(theta):
-        p = eqx.tree_at(lambda m: m.params, params, dict(zip(names, theta)))
-        return jax.vmap(eqx.combine(p, static))(conditions).reshape(-1)
+        m = eqx.tree_at(lambda m: m.params, module, dict(zip(names, theta)))
+        return jax.vmap(m)(conditions).reshape(-1)
 
-    theta = jnp.stack([module.params[n] for n in names])
-    jac = np.asarray(jax.jit(jax.jacfwd(outputs))(theta)) / np.asarray(sigma).reshape(-1, 1)
-    covariance = np.linalg.inv(jac.T @ jac)
-    return dict(zip(names, np.sqrt(np.diag(covariance))))
+    return jax.jacfwd(outputs)(jnp.stack([module.params[n] for n in names]))
+
+
+def standard_errors(module, conditions, sigma) -> dict:
+    """Cramer-Rao standard errors of the trained parameters: ``sqrt(diag(F^-1))`` with
+    ``F = J^T diag(1/sigma^2) J`` (`weighted_jacobian`)."""
+    names, jac = weighted_jacobian(module, conditions, sigma)
+    return dict(zip(names, np.sqrt(np.diag(np.linalg.inv(jac.T @ jac)))))
 
 
 def recover(
