@@ -18,9 +18,12 @@ Reads ``../shared/data/petab`` (or ``tests/data/petab``); writes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
@@ -60,14 +63,13 @@ def _problem_path(name):
 def run_modopt(problem, starts, method, iterations):
     from modopt.bio import fit_petab
 
-    fit_petab(problem, starts, method=method, iterations=iterations, progress=False)  # compile
+    fit_petab(problem, starts, method=method, iterations=iterations, compile_only=True)
     fit = fit_petab(problem, starts, method=method, iterations=iterations, progress=False)
     return fit.nllh, [s == "converged" for s in fit.status], fit.wall_time_s
 
 
 def run_trf(problem, starts, iterations):
     import jax
-    import numpy as np
     from scipy.optimize import least_squares
 
     residuals = jax.jit(problem._residuals)
@@ -100,8 +102,8 @@ def run_trf(problem, starts, iterations):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", nargs="*", default=["Boehm", "Bruno", "Perelson",
-                                                           "Rahman", "Fiedler", "Elowitz"])
+    parser.add_argument("--problems", nargs="*", default=["Boehm", "Bruno", "Fiedler",
+                                                           "Perelson", "Rahman", "Elowitz"])
     parser.add_argument("--starts", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--methods", nargs="*", default=["steps", "trf", "flow"])
@@ -109,50 +111,80 @@ def main():
     args = parser.parse_args()
     configure_threads(None)
     import jax
-    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from modopt.bio import latin_hypercube_starts, load_petab
 
-    rows = []
+    # Earlier runs of the same protocol are kept: a run of some problems or methods
+    # replaces only their rows (so a long benchmark can be done in parts).
+    runs, commands = _earlier_runs(args)
+    commands.append(command_line())
     for short in args.problems:
         name = next(n for n in PROBLEMS if n.startswith(short))
         problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
-        results = {}
         for method in args.methods:
             if method == "trf":
-                results[method] = run_trf(problem, starts, args.iterations)
+                values, converged, seconds = run_trf(problem, starts, args.iterations)
             else:
-                results[method] = run_modopt(problem, starts, method, args.iterations)
-            print(f"{name} {method}: best {np.nanmin(results[method][0]):.3f}, "
-                  f"{results[method][2]:.0f} s", flush=True)
+                values, converged, seconds = run_modopt(problem, starts, method,
+                                                        args.iterations)
+            print(f"{name} {method}: best {np.nanmin(values):.3f}, {seconds:.0f} s",
+                  flush=True)
+            runs[(name, method)] = {
+                "problem": name, "method": method, "wall_time_s": float(seconds),
+                "nllh": [None if not np.isfinite(v) else float(v) for v in values],
+                "converged": [bool(c) for c in converged]}
+            report(runs, commands, args)  # after every run: a long benchmark keeps its results
+
+
+def _earlier_runs(args):
+    """Runs stored in the results JSON by the same protocol (starts, iterations, seed)."""
+    path = ROOT / "benchmarks/results/petab_multistart.json"
+    if not path.is_file():
+        return {}, []
+    stored = json.loads(path.read_text())
+    meta = stored["meta"]
+    if (meta.get("starts"), meta.get("iterations"), meta.get("seed")) != (
+            args.starts, args.iterations, args.seed) or "runs" not in stored:
+        return {}, []
+    return ({(r["problem"], r["method"]): r for r in stored["runs"]},
+            list(meta.get("commands", [])))
+
+
+def summarise(runs):
+    """Per (problem, method): best nllh, share within 2 of the reference, starts per minute.
+    The reference is the best known value, or the best any method found when lower."""
+    rows = []
+    for name in PROBLEMS:
+        mine = [r for key, r in runs.items() if key[0] == name]
+        if not mine:
+            continue
+        found = [np.nanmin(np.array(r["nllh"], float)) for r in mine]
         known = PROBLEMS[name]["best"]
-        best = min(np.nanmin(r[0]) for r in results.values())
-        reference = best if known is None else min(known, best)
-        for method, (values, converged, seconds) in results.items():
+        reference = min(found) if known is None else min(known, min(found))
+        for run in mine:
+            values = np.array(run["nllh"], float)
             within = np.isfinite(values) & (values <= reference + 2)
+            converged = np.array(run["converged"], bool)
+            seconds = run["wall_time_s"]
             rows.append({
-                "problem": name, "method": method, "starts": len(values),
-                "best_nllh": float(np.nanmin(values)),
-                "reference_nllh": float(reference),
+                "problem": name, "method": run["method"], "starts": len(values),
+                "best_nllh": float(np.nanmin(values)), "reference_nllh": float(reference),
                 "fraction_within_2": float(within.mean()),
                 "published_fraction_within_2": PROBLEMS[name]["published"],
-                "converged": int(np.sum(converged)),
-                "failed": int(np.sum(~np.isfinite(values))),
+                "converged": int(converged.sum()), "failed": int((~np.isfinite(values)).sum()),
                 "wall_time_s": seconds,
-                "converged_per_min": 60 * float(np.sum(converged)) / seconds,
+                "converged_per_min": 60 * float(converged.sum()) / seconds,
                 "within_2_per_min": 60 * float(within.sum()) / seconds,
                 "reference_converged_per_min": PROBLEMS[name]["reference_per_min"],
             })
-        markdown = report(rows, args)  # after every problem: a long run keeps its results
-    print(markdown)
+    return rows
 
 
-def report(rows, args):
-    """Write the table of `rows` so far. **Returns:** the markdown."""
-    import numpy as np
-
+def report(runs, commands, args):
+    """Write the table of all `runs` so far (JSON with the per-start values, markdown)."""
+    rows = summarise(runs)
     header = ["problem", "method", "starts", "best nllh", "within 2 of best",
               "published (within 2)", "converged", "failed", "wall s", "converged/min",
               "within-2/min", "reference conv./min"]
@@ -162,16 +194,22 @@ def report(rows, args):
         r["converged"], r["failed"], f"{r['wall_time_s']:.0f}",
         f"{r['converged_per_min']:.2f}", f"{r['within_2_per_min']:.2f}",
         r["reference_converged_per_min"]] for r in rows])
-    meta = {"command": command_line(), "starts": args.starts, "iterations": args.iterations,
+    meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
             "seed": args.seed, **machine_info(np.float64)}
+    runs_md = "\n".join(f"    {c}" for c in commands)
     markdown = ("# PEtab multi-start benchmark\n\n"
-                f"`{meta['command']}`\n\n{table}\n\n"
+                f"Made by\n\n{runs_md}\n\n{table}\n\n"
                 "Best known nllh and published shares: `shared/data/README.md`. "
                 "'within 2' counts starts whose final nllh is within 2 of the best known "
-                "value (or of the best any method found, when that is lower or unknown).\n")
+                "value (or of the best any method found, when that is lower or unknown). "
+                "'converged': the method's own criterion (modopt: Fisher-metric gradient "
+                "norm below gtol or no progress over a chunk; trf: scipy's status > 0).\n")
     write_results("petab_multistart", rows, meta, markdown)
-    return markdown
+    path = ROOT / "benchmarks/results/petab_multistart.json"
+    stored = json.loads(path.read_text())
+    stored["runs"] = list(runs.values())
+    path.write_text(json.dumps(stored, indent=1) + "\n")
 
 
 if __name__ == "__main__":

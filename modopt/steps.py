@@ -37,6 +37,8 @@ class StepState(eqx.Module):
     - `mass_scale`: multiplier of the mass (1 unless adaptive).
     - `value`: the loss at the parameters before the last update.
     - `riemannian_norm2`: ``g^T u`` there.
+    - `gradient`: ``g`` there (the structure of the parameters; zeros before the first
+      update). Bound-constrained callers use its signs to choose the active set.
     - `accepted`: whether the last update was applied.
     - `result`: a `RESULTS` code for the last update.
     - `count`: number of updates made.
@@ -45,6 +47,7 @@ class StepState(eqx.Module):
     mass_scale: jax.Array
     value: jax.Array
     riemannian_norm2: jax.Array
+    gradient: object
     accepted: jax.Array
     result: RESULTS
     count: jax.Array
@@ -78,11 +81,13 @@ class RiemannianSteps(eqx.Module):
     solver: AbstractBlockSolver = AutoSolve()
 
     def init(self, model) -> StepState:
-        dtype = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+        params = eqx.filter(model, eqx.is_inexact_array)
+        dtype = jax.tree.leaves(params)[0].dtype
         return StepState(
             mass_scale=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
             riemannian_norm2=jnp.full((), jnp.inf, dtype),
+            gradient=jax.tree.map(jnp.zeros_like, params),
             accepted=jnp.array(True),
             # A JAX array (not the enum's NumPy constant), so that a jitted step sees the
             # same kind of input on every call and does not compile twice.
@@ -114,6 +119,7 @@ class RiemannianSteps(eqx.Module):
             mass_scale=scale,
             value=d.value,
             riemannian_norm2=d.riemannian_norm2,
+            gradient=d.gradient,
             accepted=ok,
             result=RESULTS.where(nonfinite, RESULTS.nonfinite_step, RESULTS.successful),
             count=state.count + 1,

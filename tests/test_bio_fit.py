@@ -57,3 +57,38 @@ def test_repressilator_parameters_are_recovered_from_protein_traces():
     assert summary["converged"], summary["result"]
     assert summary["loss"] <= summary["loss_at_truth"]
     assert summary["max_abs_z"] <= 3.0, summary["parameters"]
+
+
+def test_steps_end_at_a_first_order_point_on_a_bound_and_warm_up_without_running():
+    """The active set: with an upper bound below the free optimum of `c`, the steps end
+    on that bound at a KKT point: the gradient (forward mode, computed apart from the
+    fit) pushes out of the box there and vanishes in the free parameters, and scipy's
+    bounded trf started from the end does not lower the nllh."""
+    import jax
+    from scipy.optimize import least_squares
+
+    from modopt.bio.fit import _runners
+
+    free = load_petab(PERELSON)
+    start = np.asarray(free.x_nominal)[None] + 0.3
+    unbounded = fit_petab(free, start, iterations=200, progress=False)
+    problem = load_petab(PERELSON)
+    problem.upper = np.array(problem.upper, float)
+    problem.upper[0] = unbounded.x[0, 0] - 0.3
+    start[0, 0] = problem.upper[0] - 0.5
+    fit_petab(problem, start, iterations=200, compile_only=True)
+    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 60.0, 1e-6)["compiled"])
+    fit = fit_petab(problem, start, iterations=200, progress=False)
+    assert _runners(problem, "steps", 200, 20, 1e-3, 60.0, 1e-6)["compiled"] == compiled
+
+    x = fit.x[0]
+    assert fit.status == ["converged"]
+    assert x[0] == pytest.approx(problem.upper[0], abs=1e-12)
+    gradient = np.asarray(jax.jacfwd(problem._nllh)(x))
+    assert gradient[0] < -1.0  # the nllh would fall beyond the bound
+    assert np.abs(gradient[1:]).max() < 1e-3
+    polished = least_squares(
+        jax.jit(problem._residuals), x, jac=jax.jit(jax.jacfwd(problem._residuals)),
+        bounds=(problem.lower, problem.upper), method="trf")
+    assert float(problem._nllh(polished.x)) > fit.nllh[0] - 1e-4
+    assert fit.nllh[0] > unbounded.nllh[0] + 1.0  # the bound costs likelihood

@@ -34,6 +34,7 @@ from ..steps import AdaptiveMass, RiemannianSteps
 from .petab import PetabProblem
 
 STATUSES = ("converged", "max_iterations", "failed_at_start", "failed")
+_FROZEN_MASS = 1e15  # the mass of a parameter held at its bound by the active set
 
 
 class PetabResiduals(AbstractSystemModule):
@@ -146,7 +147,8 @@ def fit_petab(
     gtol: float = 1e-6,
     seed: int = 0,
     progress: bool = True,
-) -> MultistartResult:
+    compile_only: bool = False,
+) -> MultistartResult | None:
     """Fit `problem` from many starts at once.
 
     **Arguments:**
@@ -155,12 +157,15 @@ def fit_petab(
     - `starts`: a number (Latin-hypercube starts in the bounds, `seed`) or an array
       ``(starts, d)`` of scaled parameters.
     - `method`: ``"steps"`` (Algorithm 1 with a Levenberg-Marquardt adaptive mass,
-      `iterations` steps in chunks of `chunk`, bounds by projection) or ``"flow"`` (the
+      `iterations` steps in chunks of `chunk`; a parameter at a bound that the gradient
+      pushes outwards is held there, the others take the reduced step) or ``"flow"`` (the
       Riemannian flow to pseudo-time `s1`, stopping when ``g^T G^-1 g < gtol``).
     - `mass`: the diagonal mass (its starting value for ``"steps"``).
     - `gtol`: a start has converged when ``g^T G^-1 g < gtol`` (about twice the
       decrease of the nllh that one more Gauss-Newton step would give).
     - `progress`: print a line per chunk.
+    - `compile_only`: only compile for these starts and return ``None``; the next fit
+      with the same settings and starts runs without compiling (a benchmark's warm-up).
 
     **Returns:** a `MultistartResult`. A start whose model cannot be integrated at its
     starting point is marked ``"failed_at_start"``; one that fails later keeps its last
@@ -185,6 +190,14 @@ def fit_petab(
     final_x, final_nllh = x0.copy(), np.full(count, np.nan)
     converged = np.zeros(count, bool)
     history = np.full((count, 1), np.nan)
+    if compile_only:
+        if alive.size:
+            batch = _padded_batch(x0[alive])
+            if method == "flow":
+                _compiled(runners, "flow", batch)
+            else:
+                _compiled(runners, "chunk", batch, _call(runners, "init", batch))
+        return None
     if alive.size:
         x, value, stationary, trace = _fit_batch(
             problem, x0[alive], runners, method, iterations, chunk, s1, gtol, progress, began)
@@ -224,7 +237,7 @@ def _runners(problem, method, iterations, chunk, mass, s1, gtol):
         return problem._nllh(jnp.clip(x, lower, upper))
 
     nominal = problem._evaluate("fisher_outputs", None)
-    runners = {"nllh": jax.jit(jax.vmap(nllh_of)),
+    runners = {"nllh": jax.jit(jax.vmap(nllh_of)), "compiled": {},
                # nllh - loss, the same at every x
                "constant": float(problem.nllh() - _loss(nominal[None], None))}
     if method == "flow":
@@ -238,14 +251,25 @@ def _runners(problem, method, iterations, chunk, mass, s1, gtol):
         runners["flow"] = jax.jit(jax.vmap(run_flow))
         return runners
 
+    adaptive = AdaptiveMass(min_scale=1e-8)
     optimizer = RiemannianSteps(1.0, output_metric=output_metric, mass=mass,
-                                adaptive_mass=AdaptiveMass(min_scale=1e-8))
+                                adaptive_mass=adaptive)
 
     def run_chunk(x, state):
         def body(carry, _):
             x, state = carry
-            updates, state = optimizer.update(PetabResiduals(x, problem), state, _loss,
-                                              inputs, targets)
+            # Active set (projected Newton): a parameter at a bound whose last gradient
+            # points out of the box gets a mass so large that it does not move, and the
+            # others take the step of the problem reduced to them. A projected step of the
+            # full problem instead stalls at the bound.
+            g = state.gradient.x
+            active = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+            per_parameter = jnp.where(active, _FROZEN_MASS, mass).astype(x.dtype)
+            step = RiemannianSteps(1.0, output_metric=output_metric,
+                                   mass=PetabResiduals(per_parameter, problem),
+                                   adaptive_mass=adaptive)
+            updates, state = step.update(PetabResiduals(x, problem), state, _loss,
+                                         inputs, targets)
             return (jnp.clip(x + updates.x, lower, upper), state), None
 
         (x, state), _ = jax.lax.scan(body, (x, state), None, length=chunk)
@@ -256,32 +280,54 @@ def _runners(problem, method, iterations, chunk, mass, s1, gtol):
     return runners
 
 
+def _padded_batch(x0):
+    """`x0` as one batch sharded over the devices, padded with copies of start 0 to
+    equal shards."""
+    count, devices = x0.shape[0], len(jax.devices())
+    padded = -(-count // devices) * devices
+    return _shard(jnp.asarray(np.concatenate([x0, np.repeat(x0[:1], padded - count, 0)]),
+                              jnp.result_type(float)))
+
+
+def _compiled(runners, name, *args):
+    """``runners[name]`` compiled ahead of time for the shapes and shardings of `args`,
+    once (so that `fit_petab`'s ``compile_only`` can warm up without running)."""
+    leaves = jax.tree.leaves(args)
+    key = (name, jax.tree.structure(args),
+           tuple((leaf.shape, leaf.dtype, leaf.sharding) for leaf in leaves))
+    compiled = runners["compiled"]
+    if key not in compiled:
+        compiled[key] = runners[name].lower(*args).compile()
+    return compiled[key]
+
+
+def _call(runners, name, *args):
+    return _compiled(runners, name, *args)(*args)
+
+
 def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progress, began):
     """Fit the starts `x0` as one batch. **Returns:** final x, nllh, a converged flag and
     the nllh history ``(starts, checkpoints)``."""
     count = x0.shape[0]
-    devices = len(jax.devices())
-    padded = -(-count // devices) * devices  # equal shards: pad with copies of start 0
-    x_batch = _shard(jnp.asarray(np.concatenate([x0, np.repeat(x0[:1], padded - count, 0)]),
-                                 jnp.result_type(float)))
+    x_batch = _padded_batch(x0)
     if method == "flow":
         if progress:
             print(f"  flow: {count} starts, s1 = {s1}, up to {iterations} solver steps ...",
                   flush=True)
-        x, value, norm2, losses = runners["flow"](x_batch)
+        x, value, norm2, losses = _call(runners, "flow", x_batch)
         trace = np.asarray(losses) + runners["constant"]
         trace[:, -1] = np.asarray(value)
         return (np.asarray(x)[:count], np.asarray(value)[:count],
                 np.asarray(norm2)[:count] < gtol, trace[:count])
 
-    state = runners["init"](x_batch)
+    state = _call(runners, "init", x_batch)
     x, trace, previous = x_batch, [], np.inf
     broken = np.zeros(x_batch.shape[0], bool)
     one_by_one = False
     for done in range(chunk, iterations + chunk, chunk):
         if not one_by_one:
             try:
-                x, state, value = jax.block_until_ready(runners["chunk"](x, state))
+                x, state, value = jax.block_until_ready(_call(runners, "chunk", x, state))
             except Exception as error:  # noqa: BLE001 - XLA re-raises it as several types
                 # Lineax raises from derivative solves inside implicit ODE solvers when one
                 # start's state overflows; in a batch that would end every start. Keep the
@@ -291,7 +337,8 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
                           "start by start", flush=True)
                 one_by_one = True
         if one_by_one:
-            x, state, value, broken = _chunk_one_by_one(runners["chunk"], x, state, broken)
+            x, state, value, broken = _chunk_one_by_one(
+                functools.partial(_call, runners, "chunk"), x, state, broken)
         value = np.where(broken, np.nan, np.asarray(value))
         trace.append(value)
         # Converged: Fisher-metric gradient norm below gtol, or (at a bound, where the
