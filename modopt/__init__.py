@@ -1,6 +1,6 @@
 """modopt: Riemannian optimization of modular systems."""
 
-from . import losses, metrics
+from . import diagnostics, losses, metrics
 from ._blocks import block_labels
 from ._module import AbstractModule, Group, Linear, Parallel, Pointwise, Sequential, mlp
 from ._results import RESULTS

@@ -93,11 +93,11 @@ def _run(config: dict, out_root: Path) -> Path:
     if example == "parameter_recovery":
         _run_recovery(config, out)
     elif example == "morphogen":
-        from .bio.bio_examples import run_morphogen
+        from .bio.morphogen_example import run_morphogen
 
         run_morphogen(config, out)
     elif example == "toggle_dose_response":
-        from .bio.bio_examples import run_toggle_dose_response
+        from .bio.toggle_example import run_toggle_dose_response
 
         run_toggle_dose_response(config, out)
     elif example == "circuit_design":

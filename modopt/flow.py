@@ -87,7 +87,9 @@ class FlowSolution(eqx.Module):
     - `model`: the final model (the last finite state if the flow failed).
     - `value`: its loss; `riemannian_norm2`: its ``g^T u``.
     - `ts`, `losses`: the loss history at the save times (``inf`` where not reached).
-    - `trajectory`: the parameters at `ts` if ``save_trajectory=True``, else ``None``.
+    - `trajectory`, `trajectory_ts`: the parameters and their pseudo-times if
+      `save_trajectory` asked for them (at `ts`, or at every solver step, padded with
+      ``inf`` times to `max_steps`), else ``None``.
     - `result`: a `modopt.RESULTS` code; ``successful`` when ``s1`` was reached,
       ``event_occurred`` when the gradient-norm stop fired. `converged` is either.
     - `stats`: Diffrax's statistics (``num_steps``, ``num_accepted_steps``, ...).
@@ -99,6 +101,7 @@ class FlowSolution(eqx.Module):
     ts: jax.Array
     losses: jax.Array
     trajectory: object
+    trajectory_ts: jax.Array | None
     result: RESULTS
     stats: dict
 
@@ -121,7 +124,7 @@ def flow(
     dt0: float | None = None,
     gtol: float | None = None,
     ts=None,
-    save_trajectory: bool = False,
+    save_trajectory: bool | str = False,
     max_steps: int = 4096,
     jacobian: AbstractJacobian = AutoJacobian(),
     solver: AbstractBlockSolver = AutoSolve(),
@@ -141,7 +144,8 @@ def flow(
       with an adaptive controller; required with ``ConstantStepSize``).
     - `gtol`: stop when ``g^T u < gtol`` (an event); ``None`` disables it.
     - `ts`: save times for the loss history (default 51 points in ``[0, s1]``);
-      `save_trajectory`: also save the parameters there.
+      `save_trajectory`: ``True`` saves the parameters at `ts` too, ``"steps"`` at every
+      accepted solver step (for `modopt.diagnostics.path_action`).
     - `max_steps`: Diffrax's step limit.
     - `nonfinite_patience`: after this many consecutive non-finite step attempts
       (each retried with half the step) the flow ends with ``RESULTS.nonfinite_step``.
@@ -152,6 +156,9 @@ def flow(
     """
     if not s1 > 0:
         raise ValueError(f"s1 must be positive, got {s1}.")
+    if save_trajectory not in (True, False, "steps"):
+        raise ValueError(f"save_trajectory must be True, False or 'steps', got "
+                         f"{save_trajectory!r}.")
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree.leaves(params)[0].dtype
     if stepsize_controller is None:
@@ -178,9 +185,12 @@ def flow(
     def is_good(p):
         return jnp.isfinite(loss_at(None, p, None))
 
-    guard = (_AdaptiveGuard if adaptive else _Guard)(stepsize_controller, nonfinite_patience, is_good)
+    guard_type = _AdaptiveGuard if adaptive else _Guard
+    guard = guard_type(stepsize_controller, nonfinite_patience, is_good)
     subs = [diffrax.SubSaveAt(t1=True), diffrax.SubSaveAt(ts=ts, fn=loss_at)]
-    if save_trajectory:
+    if save_trajectory == "steps":
+        subs.append(diffrax.SubSaveAt(t0=True, steps=True))
+    elif save_trajectory:
         subs.append(diffrax.SubSaveAt(ts=ts))
     event = None
     if gtol is not None:
@@ -198,6 +208,7 @@ def flow(
     solution = FlowSolution(
         model=final_model, value=d.value, riemannian_norm2=d.riemannian_norm2,
         ts=ts, losses=sol.ys[1], trajectory=sol.ys[2] if save_trajectory else None,
+        trajectory_ts=sol.ts[2] if save_trajectory else None,
         result=result, stats=sol.stats,
     )
     if throw:

@@ -184,7 +184,7 @@ class Dense(AbstractOutputMetric):
         self.tol = tol
 
     @classmethod
-    def from_covariance(cls, covariance, *, tol: float = 1e-10) -> "Dense":
+    def from_covariance(cls, covariance, *, tol: float = 1e-10) -> Dense:
         """The metric ``M = covariance^-1`` of correlated Gaussian noise."""
         cov = np.asarray(covariance, dtype=np.float64)
         _check_concrete_psd(cov, "Dense.from_covariance", tol)

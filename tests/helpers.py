@@ -18,7 +18,6 @@ from jax.flatten_util import ravel_pytree
 import modopt
 from modopt import metrics
 
-
 # ----------------------------------------------------------------------------- blocks
 
 
@@ -154,6 +153,17 @@ def dense_full_metric(model, inputs, metric_matrix, mass) -> np.ndarray:
     """``J^T M J + D`` over all ``n`` parameters (n x n, float64)."""
     j = full_jacobian(model, inputs)
     return j.T @ np.asarray(metric_matrix, np.float64) @ j + np.diag(mass_diagonal(model, mass))
+
+
+def dense_block_metric(model, inputs, metric_matrix, mass, blocks=None) -> np.ndarray:
+    """The block-diagonal ``G`` (``J_a^T M J_a + D_a`` on every block, zero between
+    blocks) over all ``n`` parameters, float64."""
+    full = dense_full_metric(model, inputs, metric_matrix, mass)
+    groups = reference_blocks(model) if blocks is None else blocks_from_labels(model, blocks)
+    out = np.zeros_like(full)
+    for cols in block_columns(model, groups):
+        out[np.ix_(cols, cols)] = full[np.ix_(cols, cols)]
+    return out
 
 
 def dense_reference_direction(

@@ -22,7 +22,6 @@ import pytest
 import scipy.linalg
 
 from modopt.bio import TOGGLE_NOMINAL
-from modopt.bio.bio_examples import fisher_summary, run_morphogen, run_toggle_dose_response
 from modopt.bio.dose_response import (
     TOGGLE_STARTS,
     dose_conditions,
@@ -30,12 +29,15 @@ from modopt.bio.dose_response import (
     iptg_doses,
     toggle_dose_response,
 )
+from modopt.bio.example_fitting import fisher_summary
 from modopt.bio.morphogen import (
     MORPHOGEN_NOMINAL,
     french_flag,
     morphogen_line,
     morphogen_steady_state,
 )
+from modopt.bio.morphogen_example import run_morphogen
+from modopt.bio.toggle_example import run_toggle_dose_response
 from modopt.systems.recovery import weighted_jacobian
 
 DATA = Path(__file__).parent / "data" / "models"

@@ -15,11 +15,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-
-import modopt
-from modopt import Group, Linear, Parallel, Pointwise, Sequential, metrics
-from modopt.losses import softmax_cross_entropy, squared_error
-
 from helpers import (
     blocks_from_labels,
     dense_full_metric,
@@ -30,6 +25,10 @@ from helpers import (
     reference_blocks,
     tree_rel_error,
 )
+
+import modopt
+from modopt import Group, Linear, Parallel, Pointwise, Sequential, metrics
+from modopt.losses import softmax_cross_entropy, squared_error
 
 RTOL = 1e-9
 MASS = 0.7

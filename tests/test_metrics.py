@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import loss_hessian, metric_matrix_for, psd_part
 
 from modopt import metrics
 from modopt.losses import SquaredError, softmax_cross_entropy, squared_error
-
-from helpers import loss_hessian, metric_matrix_for, psd_part
 
 RNG = np.random.default_rng(123)
 BATCH, OUT = 6, 4

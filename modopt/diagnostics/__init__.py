@@ -1,0 +1,4 @@
+"""The paper's theory as tools: the action and Hamiltonian of a path (`path_action`),
+and contraction and stability (`contraction`)."""
+
+from .action import PathAction, metric_norm2, path_action
