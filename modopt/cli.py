@@ -26,7 +26,7 @@ DIGITS_CONFIG = {
 }
 
 EXAMPLES = ("digits", "parameter_recovery", "circuit_design", "morphogen",
-            "toggle_dose_response")
+            "toggle_dose_response", "stability")
 
 
 def _recovery_problem(name: str):
@@ -73,9 +73,13 @@ def _run_recovery(config: dict, out: Path) -> None:
     t = config.get("times", {})
     times = np.linspace(t.get("start", 0.25), t.get("stop", 10.0), t.get("num", 20))
     options = {k: config[k] for k in ("noise", "noise_floor", "start_offset", "seed", "mass",
-                                       "s1", "gtol", "max_steps") if k in config}
+                                       "s1", "gtol", "max_steps", "action") if k in config}
     summary = recover(problem, times, progress=True, **options)
     write_report(summary, out, problem.output_names)
+    if "action" in summary:
+        report = summary["action"]
+        print(f"action S = {report['action']:.6g}, gap S - (h(start) - h(end)) = "
+              f"{report['action_gap']:.3g}, mean |H| = {report['mean_abs_hamiltonian']:.3g}")
     for name, row in summary["parameters"].items():
         print(f"{name:>8}: truth {row['truth']:.5g}  estimate {row['estimate']:.5g}  "
               f"error {100 * row['relative_error']:+.2f} %  z {row['z_score']:+.2f}")
@@ -100,6 +104,10 @@ def _run(config: dict, out_root: Path) -> Path:
         from .bio.toggle_example import run_toggle_dose_response
 
         run_toggle_dose_response(config, out)
+    elif example == "stability":
+        from .diagnostics.stability_example import run_stability
+
+        run_stability(config, out)
     elif example == "circuit_design":
         from .circuits.design_examples import run_design
 

@@ -6,6 +6,7 @@ must explain the data at least as well as the true parameters do (the MLE's loss
 most the loss at the truth)."""
 
 import numpy as np
+import pytest
 
 from modopt.cli import _recovery_problem
 from modopt.systems.recovery import recover
@@ -14,8 +15,14 @@ from modopt.systems.recovery import recover
 def test_toggle_switch_parameters_are_recovered_within_the_noise():
     problem = _recovery_problem("toggle_switch")
     summary = recover(problem, np.linspace(0.25, 10.0, 20), noise=0.05, start_offset=0.5,
-                      seed=0, mass=1e-3, s1=40.0, gtol=1e-6)
+                      seed=0, mass=1e-3, s1=40.0, gtol=1e-6, action=True)
     assert summary["converged"], summary["result"]
+    # The action of the flow's path (an ODE module, forward sensitivities) bounds the
+    # decrease of the loss, which the flow's own loss history gives independently.
+    path = summary["action"]
+    decrease = summary["history"]["loss"][0] - summary["loss"]
+    assert path["action"] - path["action_gap"] == pytest.approx(decrease, rel=1e-8)
+    assert 0 <= path["action_gap"] <= 0.05 * path["action"]
     starts = [row["start"] / row["truth"] for row in summary["parameters"].values()]
     np.testing.assert_allclose(np.abs(np.array(starts) - 1), 0.5)
     assert summary["loss"] <= summary["loss_at_truth"]

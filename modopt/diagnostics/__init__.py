@@ -2,3 +2,5 @@
 and contraction and stability (`contraction`)."""
 
 from .action import PathAction, metric_norm2, path_action
+from .contraction import Contraction, contraction, generalised_ntk
+from .stability import replace_one_sample

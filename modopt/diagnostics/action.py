@@ -92,7 +92,7 @@ def metric_norm2(model, velocity, inputs, targets, loss_fn, *, output_metric, ma
     for b, members in enumerate(part.members):
         only_b = [leaves[i] if i in members else jnp.zeros_like(leaves[i])
                   for i in range(len(leaves))]
-        _, jv = jax.jvp(predict, (params,), (part.treedef.unflatten(only_b),))
+        _, jv = jax.jvp(predict, (params,), (jax.tree.structure(params).unflatten(only_b),))
         if isinstance(factor, DenseFactor):
             weighted = factor.matrix @ jv.reshape(-1)
         else:

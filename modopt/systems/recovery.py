@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics
+from ..diagnostics.action import path_action
 from ..flow import flow
 
 
@@ -95,6 +96,7 @@ def recover(
     gtol: float = 1e-6,
     max_steps: int = 1000,
     progress: bool = False,
+    action: bool = False,
 ) -> dict:
     """Simulate, add noise, start `start_offset` off and fit by the Riemannian flow.
 
@@ -103,7 +105,9 @@ def recover(
 
     **Returns:** a JSON-ready summary: per parameter the truth, start, estimate, relative
     error, standard error and z-score ``log(estimate / truth) / standard error``; the
-    flow's result, steps, wall time and loss history; and the data for plotting.
+    flow's result, steps, wall time and loss history; and the data for plotting. With
+    `action`, also the action, action gap and Hamiltonian of the flow's path (every
+    solver step; `modopt.diagnostics.path_action`) under ``"action"``.
     """
     conditions = jnp.asarray(problem.conditions)
     clean = jax.vmap(problem.build(times, problem.nominal))(conditions)
@@ -120,8 +124,16 @@ def recover(
     solution = flow(
         module, loss, conditions, jnp.asarray(data), output_metric=metrics.Diagonal(weights),
         mass=mass, s1=s1, gtol=gtol, max_steps=max_steps, progress_meter=meter,
+        save_trajectory="steps" if action else False,
     )
     seconds = time.perf_counter() - began
+    path_report = None
+    if action:
+        points = int(np.sum(np.isfinite(np.asarray(solution.trajectory_ts))))
+        path = jax.tree.map(lambda leaf: leaf[:points], solution.trajectory)
+        path_report = path_action(module, path, solution.trajectory_ts[:points], loss,
+                                  conditions, jnp.asarray(data),
+                                  output_metric=metrics.Diagonal(weights), mass=mass).summary()
     fitted = solution.model
     errors = standard_errors(fitted, conditions, sigma)
     table = {}
@@ -137,7 +149,7 @@ def recover(
         }
     losses = np.asarray(solution.losses)
     reached = np.isfinite(losses)
-    return {
+    summary = {
         "result": str(solution.result),
         "converged": bool(solution.converged),
         "loss": float(solution.value),
@@ -154,6 +166,9 @@ def recover(
         "_plot": {"times": np.asarray(times), "data": data, "clean": np.asarray(clean),
                   "fit": np.asarray(jax.vmap(fitted)(conditions))},
     }
+    if path_report is not None:
+        summary["action"] = path_report
+    return summary
 
 
 def write_report(summary: dict, out: Path, output_names=()) -> None:
