@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 
 from .. import metrics
 from .._module import mlp
