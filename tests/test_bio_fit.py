@@ -92,3 +92,28 @@ def test_steps_end_at_a_first_order_point_on_a_bound_and_warm_up_without_running
         bounds=(problem.lower, problem.upper), method="trf")
     assert float(problem._nllh(polished.x)) > fit.nllh[0] - 1e-4
     assert fit.nllh[0] > unbounded.nllh[0] + 1.0  # the bound costs likelihood
+
+
+@pytest.mark.parametrize("method", ["steps", "flow"])
+def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go_on(
+        monkeypatch, method):
+    """Lineax raises (rather than returning NaN) when one start's ODE state overflows in a
+    tangent solve; in a vmapped batch that would end every start. Here the compiled
+    runner raises whenever the batch holds the poisoned start."""
+    import modopt.bio.fit as fit_module
+
+    problem = load_petab(PERELSON)
+    starts = np.asarray(problem.x_nominal)[None] + np.array([[0.2], [0.1], [-0.1]])
+    poisoned = starts[1]
+    real_call = fit_module._call
+
+    def call(runners, name, *args):
+        if name in ("chunk", "flow") and np.any(np.all(np.asarray(args[0]) == poisoned, 1)):
+            raise RuntimeError("INTERNAL: lineax raised in a tangent solve")
+        return real_call(runners, name, *args)
+
+    monkeypatch.setattr(fit_module, "_call", call)
+    fit = fit_petab(problem, starts, method=method, iterations=40, progress=False)
+    assert fit.status[1] == "failed" and np.isnan(fit.nllh[1])
+    assert fit.status[0] != "failed" and fit.status[2] != "failed"
+    assert abs(np.nanmin(fit.nllh) - 222.28) < 0.01

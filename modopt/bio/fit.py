@@ -314,7 +314,13 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
         if progress:
             print(f"  flow: {count} starts, s1 = {s1}, up to {iterations} solver steps ...",
                   flush=True)
-        x, value, norm2, losses = _call(runners, "flow", x_batch)
+        try:
+            x, value, norm2, losses = jax.block_until_ready(_call(runners, "flow", x_batch))
+        except Exception as error:  # noqa: BLE001 - as for the steps below
+            if progress:
+                print(f"  flow: a start raised ({type(error).__name__}); rerunning start by "
+                      "start", flush=True)
+            x, value, norm2, losses = _flow_one_by_one(runners, x_batch)
         trace = np.asarray(losses) + runners["constant"]
         trace[:, -1] = np.asarray(value)
         return (np.asarray(x)[:count], np.asarray(value)[:count],
@@ -356,6 +362,21 @@ def _fit_batch(problem, x0, runners, method, iterations, chunk, s1, gtol, progre
             break
     return (np.asarray(x)[:count], value[:count], stationary[:count],
             np.stack(trace, axis=1)[:count])
+
+
+def _flow_one_by_one(runners, x_batch):
+    """The flow for every start on its own; a start that raises keeps its starting point
+    with a NaN nllh (so it is marked failed)."""
+    results = []
+    for i in range(x_batch.shape[0]):
+        xi = x_batch[i:i + 1]
+        try:
+            results.append(jax.block_until_ready(_call(runners, "flow", xi)))
+        except Exception:  # noqa: BLE001 - XLA re-raises it as several types
+            shape = jax.eval_shape(runners["flow"], xi)[3].shape
+            results.append((xi, jnp.full((1,), jnp.nan, xi.dtype),
+                            jnp.full((1,), jnp.inf, xi.dtype), jnp.full(shape, jnp.nan, xi.dtype)))
+    return tuple(jnp.concatenate(parts) for parts in zip(*results))
 
 
 def _chunk_one_by_one(run, x, state, broken):
