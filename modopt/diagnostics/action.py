@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._blocks import block_diagonal, partition, resolve_mass
-from .._module import resolve_sensitivity
+from .._blocks import block_diagonal
 from ..gradient import riemannian_direction
 from ..jacobian import AbstractJacobian, AutoJacobian
 from ..linalg import AbstractBlockSolver, AutoSolve
 from ..metrics import AbstractOutputMetric, DenseFactor
+from ._forward import forward_parts
 
 
 class PathAction(eqx.Module):
@@ -77,16 +77,13 @@ def metric_norm2(model, velocity, inputs, targets, loss_fn, *, output_metric, ma
     `velocity` has the structure of ``eqx.filter(model, eqx.is_inexact_array)``. One JVP
     per block (``G`` is block diagonal, so blocks do not couple).
     """
-    params, static = eqx.partition(resolve_sensitivity(model, "forward"), eqx.is_inexact_array)
-    dtype = jax.tree.leaves(params)[0].dtype
-    part = partition(model, blocks)
-    masses = resolve_mass(model, mass, part, dtype)
+    parts = forward_parts(model, mass, blocks)
+    params, part, masses, dtype = parts.params, parts.part, parts.masses, parts.dtype
 
     def predict(p):
-        return jax.vmap(eqx.combine(p, static))(inputs)
+        return parts.outputs(p, inputs)
 
-    predictions = predict(params)
-    factor = output_metric.factor(predictions, targets, loss_fn)
+    factor = output_metric.factor(predict(params), targets, loss_fn)
     leaves = part.treedef.flatten_up_to(velocity)
     total = jnp.zeros((), dtype)
     for b, members in enumerate(part.members):

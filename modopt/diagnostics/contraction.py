@@ -27,9 +27,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._blocks import block_diagonal, partition, resolve_mass
-from .._module import resolve_sensitivity
+from .._blocks import block_diagonal
 from ..metrics import AbstractOutputMetric
+from ._forward import forward_parts
 
 
 class Contraction(eqx.Module):
@@ -65,20 +65,11 @@ def generalised_ntk(model, inputs, targets, loss_fn: Callable, *,
     Each block's term is formed in the dual (Woodbury) form from ``A = J_a D_a^-1 J_a^T``:
     ``A - A F^T (I + F A F^T)^-1 F A`` with ``M = F^T F``: ``O(N^2 n_a + N^3)``.
     """
-    params, static = eqx.partition(resolve_sensitivity(model, "forward"), eqx.is_inexact_array)
-    dtype = jax.tree.leaves(params)[0].dtype
-    part = partition(model, blocks)
-    masses = resolve_mass(model, mass, part, dtype)
-
-    def outputs(p):
-        return jax.vmap(eqx.combine(p, static))(inputs)
-
-    predictions = outputs(params)
-    factor = output_metric.factor(predictions, targets, loss_fn).dense()
-    jacobian = jax.jacfwd(lambda p: outputs(p).reshape(-1))(params)
-    # One (N, n_a) matrix per block (the resolved model's structure differs only in
-    # static fields, so go through the leaves).
-    columns = part.ravel(part.treedef.unflatten(jax.tree.leaves(jacobian)), lead=1)
+    parts = forward_parts(model, mass, blocks)
+    part, masses, dtype = parts.part, parts.masses, parts.dtype
+    factor = output_metric.factor(parts.outputs(parts.params, inputs), targets, loss_fn).dense()
+    jacobian = jax.jacfwd(lambda p: parts.outputs(p, inputs).reshape(-1))(parts.params)
+    columns = parts.blocks_of(jacobian)  # one (N, n_a) matrix per block
     ntk = jnp.zeros((columns[0].shape[0],) * 2, dtype)
     for b, j_a in enumerate(columns):
         d_inv = 1 / block_diagonal(masses[b], [part.shapes[i] for i in part.members[b]])
@@ -103,21 +94,17 @@ def contraction(model, loss_fn: Callable, inputs, targets, *,
     """
     ntk = generalised_ntk(model, inputs, targets, loss_fn, output_metric=output_metric,
                           mass=mass, blocks=blocks)
-    params, static = eqx.partition(resolve_sensitivity(model, "forward"), eqx.is_inexact_array)
-    dtype = jax.tree.leaves(params)[0].dtype
-    part = partition(model, blocks)
+    parts = forward_parts(model, mass, blocks)
 
     def one_sample_jacobian(x):
-        j = jax.jacfwd(lambda p: eqx.combine(p, static)(x).reshape(-1))(params)
-        return jnp.concatenate(part.ravel(part.treedef.unflatten(jax.tree.leaves(j)), lead=1),
-                               axis=1)
+        j = jax.jacfwd(lambda p: eqx.combine(p, parts.static)(x).reshape(-1))(parts.params)
+        return jnp.concatenate(parts.blocks_of(j), axis=1)
 
     jacobians = jax.vmap(one_sample_jacobian)(inputs)
     kappa = jnp.max(jnp.linalg.norm(jacobians, ord=2, axis=(1, 2)))
-    predictions = jax.vmap(eqx.combine(params, static))(inputs)
+    predictions = parts.outputs(parts.params, inputs)
     gradients = jax.vmap(jax.grad(per_sample_loss))(predictions, targets)
     bound = jnp.max(jnp.linalg.norm(gradients.reshape(gradients.shape[0], -1), axis=1))
-    mu = jnp.min(jnp.stack([jnp.min(m) for block in resolve_mass(model, mass, part, dtype)
-                            for m in block]))
+    mu = jnp.min(jnp.stack([jnp.min(m) for block in parts.masses for m in block]))
     return Contraction(ntk=ntk, xi=jnp.linalg.eigvalsh(ntk)[0], kappa=kappa,
                        loss_gradient_bound=bound, mu=mu, samples=inputs.shape[0])
