@@ -81,12 +81,8 @@ configure_threads(ARGS.threads or None)
 
 import numpy as np  # noqa: E402
 
+from modopt.nn.datasets import load_dataset  # noqa: E402
 from modopt.nn.train import MethodConfig, train  # noqa: E402
-
-try:  # noqa: E402
-    from modopt.nn.datasets import load_dataset
-except ImportError:  # older checkouts: digits only
-    load_dataset = None
 
 M = MethodConfig
 # label -> config. The defaults come from the digits tuning run (see the module docstring).
@@ -128,13 +124,7 @@ TUNING_SEED = 100
 @cache
 def load(dataset: str, seed: int):
     if dataset == "digits":
-        if load_dataset is not None:
-            return load_dataset("digits", seed=seed)
-        from modopt.nn.data import load_digits_split
-
-        return load_digits_split(seed)
-    if load_dataset is None:
-        raise SystemExit("MNIST needs modopt.nn.datasets (not in this checkout).")
+        return load_dataset("digits", seed=seed)
     if ARGS.data_folder is None:
         raise SystemExit("--dataset mnist needs --data-folder PATH (the four IDX files).")
     return load_dataset(dataset, ARGS.data_folder)  # the official split, any seed
