@@ -41,7 +41,7 @@ def main():
             if h["reached"] is not None:
                 reached_s.append(h["reached"]["time_s"])
                 reached_steps.append(h["reached"]["step"])
-            print(name, seed, h["reached"], "final acc %.4f" % h["test_accuracy"][-1], flush=True)
+            print(name, seed, h["reached"], f"final acc {h['test_accuracy'][-1]:.4f}", flush=True)
         rows.append({
             "method": name,
             "options": options,

@@ -65,6 +65,19 @@ def _check_join(prev, prev_out, module, where: str) -> None:
             )
 
 
+def _leading_shape(leading, shape):
+    """`shape` if the `leading` modules (which declare no input shape) map inputs of that
+    shape to that shape (e.g. `Pointwise`), so that it is also the composition's input
+    shape; ``None`` (unknown) when they change it or cannot take it."""
+    struct = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+    try:
+        for module in leading:
+            struct = jax.eval_shape(module, struct)
+    except Exception:  # noqa: BLE001 - any failure means the shape is not theirs
+        return None
+    return tuple(shape) if getattr(struct, "shape", None) == tuple(shape) else None
+
+
 class Sequential(AbstractModule):
     """Sequential composition: ``Sequential([m0, m1, m2])(x) == m2(m1(m0(x)))``.
 
@@ -93,9 +106,10 @@ class Sequential(AbstractModule):
                     "wrap plain functions in modopt.Pointwise."
                 )
         self.modules = modules
-        self.in_shape = next((m.in_shape for m in modules if m.in_shape is not None), None)
         self.mass = None
         first = next((i for i, m in enumerate(modules) if m.in_shape is not None), None)
+        self.in_shape = None if first is None else _leading_shape(modules[:first],
+                                                                  modules[first].in_shape)
         if first is None:
             return
         struct = jax.ShapeDtypeStruct(modules[first].in_shape, jnp.float32)

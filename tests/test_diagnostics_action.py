@@ -127,3 +127,26 @@ def test_bad_paths_are_rejected():
     with pytest.raises(ValueError, match="save_trajectory"):
         modopt.flow(model, LOSS, x, y, output_metric=METRIC, mass=MASS,
                     save_trajectory="every step")
+
+
+def test_padding_is_dropped_outside_jit_and_masked_inside():
+    model, x, y = _regression()
+    sol = modopt.flow(model, LOSS, x, y, output_metric=METRIC, mass=MASS, s1=3.0,
+                      save_trajectory="steps", max_steps=200)
+    points = int(np.sum(np.isfinite(np.asarray(sol.trajectory_ts))))
+    assert 2 < points < 200  # the solution is padded
+
+    def action(path, ts):
+        return path_action(model, path, ts, LOSS, x, y, output_metric=METRIC, mass=MASS)
+
+    eager = action(sol.trajectory, sol.trajectory_ts)
+    masked = eqx.filter_jit(action)(sol.trajectory, sol.trajectory_ts)
+    trimmed = action(jax.tree.map(lambda leaf: leaf[:points], sol.trajectory),
+                     sol.trajectory_ts[:points])
+    assert eager.losses.shape == trimmed.losses.shape == (points,)
+    assert int(masked.segments) == int(eager.segments) == points - 1
+    for name in ("action", "gap", "kinetic", "potential", "mean_abs_hamiltonian"):
+        np.testing.assert_allclose(getattr(masked, name), getattr(eager, name), rtol=1e-10,
+                                   err_msg=name)
+        np.testing.assert_allclose(getattr(trimmed, name), getattr(eager, name), rtol=0,
+                                   err_msg=name)

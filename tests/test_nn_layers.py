@@ -138,6 +138,16 @@ def test_conv2d_input_errors():
         Conv2d(2, 3, 3, key=KEY, in_shape=(5, 5, 1))
 
 
+def test_sequential_input_shape_is_the_first_modules():
+    head = Linear(2 * 2 * 3, 1, key=KEY)
+    open_conv = Sequential([Conv2d(1, 3, 3, stride=2, key=KEY), Flatten(), head])
+    assert open_conv.in_shape is None  # not the Linear's (12,): the convolution changes it
+    assert open_conv(jnp.ones((4, 4, 1))).shape == (1,)
+    sized = Sequential([Conv2d(1, 3, 3, stride=2, key=KEY, in_shape=(4, 4, 1)), Flatten(), head])
+    assert sized.in_shape == (4, 4, 1)
+    assert Sequential([Pointwise(jnp.tanh), head]).in_shape == (12,)  # shape-preserving
+
+
 # ----------------------------------------------------------------------------- pooling
 
 

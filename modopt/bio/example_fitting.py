@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics
+from .._plotting import pyplot
 from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
 
@@ -35,15 +36,6 @@ def _options(defaults: dict, config: dict) -> dict:
         else:
             options[key] = value
     return options
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _linear(module) -> dict:
@@ -297,7 +289,7 @@ def _write_json(out: Path, summary: dict) -> None:
 
 
 def _plot_losses(out: Path, fits: dict) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, info in fits.items():
         history = info["history"]

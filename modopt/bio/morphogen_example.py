@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._plotting import pyplot
 from ..systems.recovery import noisy_data, start_parameters, weighted_jacobian
 from .example_fitting import (
     FIT_DEFAULTS,
     _linear,
     _options,
     _plot_losses,
-    _plt,
     _print_rows,
     _rows,
     _scan_factors,
@@ -230,7 +230,7 @@ def _steady_state_fit(truth, start, factor, fitted, info, conditions, sigma) -> 
 
 
 def _plot_morphogen_fit(out, times, data, sigma, smooth, clean, fit, cells) -> None:
-    plt = _plt()
+    plt = pyplot()
     shown = np.unique(np.linspace(0, len(cells) - 1, min(len(cells), 6)).round().astype(int))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for j, column in enumerate(shown):
@@ -266,7 +266,7 @@ def _plain_log_ticks(ax, ticks) -> None:
 
 def _plot_identifiability(out, truth, n, observed, ss_data, times, factors, scan_tc, scan_ss,
                           line, steady, summary) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     cells = np.arange(n) if observed is None else np.asarray(observed)
     dense = np.linspace(0.0, times[-1], 161)[1:]
@@ -326,7 +326,7 @@ def _plot_identifiability(out, truth, n, observed, ss_data, times, factors, scan
 
 
 def _plot_french_flag(out, profiles, flags, kymographs, dense, thresholds) -> None:
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     colours = ListedColormap(["#0055a4", "#f4f4f4", "#ef4135"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._plotting import pyplot
 from .fit import MultistartResult
 from .petab import PetabProblem
 
@@ -52,10 +53,7 @@ def write_fit_report(problem: PetabProblem, fit: MultistartResult, out: Path,
 
 
 def _plots(problem, fit, out, best, reference_nllh):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     values = np.sort(fit.nllh[np.isfinite(fit.nllh)])

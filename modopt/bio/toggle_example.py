@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._plotting import pyplot
 from ..systems.recovery import noisy_data, weighted_jacobian
 from .dose_response import TOGGLE_STARTS, dose_conditions, iptg_doses, toggle_dose_response
 from .example_fitting import (
@@ -23,7 +24,6 @@ from .example_fitting import (
     _linear,
     _options,
     _plot_losses,
-    _plt,
     _print_rows,
     _profile_interval,
     _rows,
@@ -194,7 +194,7 @@ def run_toggle_dose_response(config: dict, out: Path) -> dict:
 
 
 def _plot_dose_response(out, doses, data, sigma, curve, curves, n_states, time) -> None:
-    plt = _plt()
+    plt = pyplot()
     zero_at = doses[doses > 0].min() / 4  # where the zero dose is drawn on the log axis
     on_axis = curve > 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -231,7 +231,7 @@ def _plot_dose_response(out, doses, data, sigma, curve, curves, n_states, time) 
 
 
 def _plot_toggle_fisher(out, names, fisher, profile, k_hat, loss, se_k) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.8),
                                     gridspec_kw={"width_ratios": [1.4, 1]})
     width = 0.8 / len(fisher)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._module import AbstractModule, Group, Sequential
+from .._plotting import pyplot
 from . import butterworth
 from .circuit import Circuit
 from .design import multistart, random_starts, unstack
@@ -35,15 +36,6 @@ DEFAULT_LADDER = {
 }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _relative_errors(circuits, truth: dict, count: int) -> np.ndarray:
     values = circuits.values()
     return np.array([[float(values[k][i]) / v - 1 for k, v in truth.items()]
@@ -53,7 +45,7 @@ def _relative_errors(circuits, truth: dict, count: int) -> np.ndarray:
 def _report(out: Path, summary: dict, history) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for row in np.atleast_2d(history):
         ax.semilogy(np.maximum(row, 1e-30), lw=0.8, alpha=0.7)
@@ -126,7 +118,7 @@ def run_ladder(config: dict, out: Path) -> dict:
     summary["quantities"] = list(quantities)
     _report(out, summary, result["history"])
 
-    plt = _plt()
+    plt = pyplot()
     fine = np.logspace(np.log10(f["start"]), np.log10(f["stop"]), 400)
     _, s21_fine = butterworth.scattering(fine, order, fc)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -191,7 +183,7 @@ def run_diode_bias(config: dict, out: Path) -> dict:
                           **{name: targets[:, k].tolist() for k, name in enumerate(outputs)}}
     _report(out, summary, result["history"])
 
-    plt = _plt()
+    plt = pyplot()
     sweep = np.linspace(0.0, 8.0, 81)[:, None]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     target_curve = np.asarray(jax.vmap(reference)(jnp.asarray(sweep)))
@@ -301,7 +293,7 @@ def run_rc_cascade(config: dict, out: Path) -> dict:
     summary["one_block"] = one_block
     _report(out, summary, result["history"])
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(1e3 * times, targets[0], "k", lw=2, alpha=0.5, label="target step response")
     first = unstack(models, 0)

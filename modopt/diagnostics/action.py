@@ -152,6 +152,11 @@ def path_action(
     if lengths != {ts.shape[0]}:
         raise ValueError(f"path_action: the path has {sorted(lengths)} points, ts has "
                          f"{ts.shape[0]}.")
+    if not isinstance(ts, jax.core.Tracer):
+        # Outside jit the padding is dropped here rather than computed and masked below
+        # (a flow with max_steps=4096 that took 50 steps has 4046 padded segments).
+        points = max(int(np.sum(np.isfinite(np.asarray(ts)))), 2)
+        ts, path = ts[:points], jax.tree.map(lambda leaf: leaf[:points], path)
     if ts.shape[0] < 2:
         raise ValueError("path_action: a path needs at least two points.")
     static = eqx.filter(model, eqx.is_inexact_array, inverse=True)

@@ -11,6 +11,7 @@ import jax.random as jr
 
 from .. import metrics
 from .._module import mlp
+from .._plotting import pyplot
 from .stability import replace_one_sample
 
 DEFAULTS = {"masses": [0.01, 0.1, 1.0, 10.0], "samples": [8, 16, 32], "inputs": 5,
@@ -66,10 +67,7 @@ def run_stability(config: dict, out: Path) -> dict:
 
 
 def _plot(path: Path, rows: list, options: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (by_mass, by_samples) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n in options["samples"]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .._plotting import pyplot
 from .data import load_digits_split
 from .train import METHODS, MethodConfig, train
 
@@ -39,7 +40,8 @@ def run_digits(config: dict, out: Path) -> dict:
                 bar.update(round(min(elapsed, total), 1) - bar.n)
 
             histories[cfg.name] = train(
-                cfg, data, seed=config.get("seed", 0), sizes=config.get("sizes", (64, 128, 128, 10)),
+                cfg, data, seed=config.get("seed", 0),
+                sizes=config.get("sizes", (64, 128, 128, 10)),
                 batch_size=config.get("batch_size", 64), budget_s=budget, progress=progress,
             )
     summary = {
@@ -63,10 +65,7 @@ def run_digits(config: dict, out: Path) -> dict:
 
 
 def _plot(histories: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     for key, label, name in (
         ("loss", "training loss (minibatch)", "loss.png"),

@@ -84,9 +84,7 @@ class Conv2d(AbstractModule):
     - `dtype`: the parameters' dtype (default: JAX's default float).
     - `in_shape`: optionally the full input shape ``(height, width, in_channels)``, so
       that `modopt.Sequential` can check the shapes that follow when the network is
-      built; ``None`` (default) accepts any height and width. Give it for the first
-      layer of a network: a `Sequential` takes its own `in_shape` from the first of its
-      modules that declares one, which would otherwise be a later layer.
+      built; ``None`` (default) accepts any height and width.
 
     **Raises:** `ValueError` for sizes, strides or paddings that are not valid, and, when
     called, for an input that is not one image with `in_channels` channels or that is

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics
+from .._plotting import pyplot
 from ..diagnostics.action import path_action
 from ..flow import flow
 
@@ -129,9 +130,7 @@ def recover(
     seconds = time.perf_counter() - began
     path_report = None
     if action:
-        points = int(np.sum(np.isfinite(np.asarray(solution.trajectory_ts))))
-        path = jax.tree.map(lambda leaf: leaf[:points], solution.trajectory)
-        path_report = path_action(module, path, solution.trajectory_ts[:points], loss,
+        path_report = path_action(module, solution.trajectory, solution.trajectory_ts, loss,
                                   conditions, jnp.asarray(data),
                                   output_metric=metrics.Diagonal(weights), mass=mass).summary()
     fitted = solution.model
@@ -176,10 +175,7 @@ def write_report(summary: dict, out: Path, output_names=()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot = summary.pop("_plot")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     data, fit, clean, times = plot["data"], plot["fit"], plot["clean"], plot["times"]
     shown = min(len(data), 4)
