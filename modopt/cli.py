@@ -140,7 +140,8 @@ def _fit_petab(args) -> int:
         raise SystemExit(f"modopt fit-petab: {error}") from None
     print(f"{problem}; {len(jax.devices())} device(s)")
     result = fit_petab(problem, args.starts, method=args.method, iterations=args.iterations,
-                       mass=args.mass, seed=args.seed)
+                       mass=args.mass, max_step=args.max_step or None,
+                       batch_size=args.batch_size or None, seed=args.seed)
     out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
     summary = write_fit_report(problem, result, out, args.reference_nllh)
     print(f"best nllh {summary['best_nllh']:.4f}; within 2 of the best: "
@@ -169,6 +170,10 @@ def main(argv=None) -> int:
     fit.add_argument("--iterations", type=int, default=200,
                      help="steps per start (flow: solver steps)")
     fit.add_argument("--mass", type=float, default=1e-3, help="diagonal mass")
+    fit.add_argument("--max-step", type=float, default=1.0,
+                     help="longest step of the scaled parameters (0: no limit; default 1)")
+    fit.add_argument("--batch-size", type=int, default=8,
+                     help="starts run at once as one batch (0: all; default 8)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube")
     fit.add_argument("--rtol", type=float, default=1e-6, help="ODE relative tolerance")
     fit.add_argument("--atol", type=float, default=1e-8, help="ODE absolute tolerance")
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
         try:
             config = tomllib.loads(args.config.read_text())
         except tomllib.TOMLDecodeError as error:
-            raise SystemExit(f"modopt run: {args.config} is not valid TOML: {error}")
+            raise SystemExit(f"modopt run: {args.config} is not valid TOML: {error}") from None
     out = _run(config, Path(args.out))
     print(f"results written to {out}/")
     return 0

@@ -70,15 +70,24 @@ class RiemannianSteps(eqx.Module):
     rejected as well.
 
     **Arguments:** `learning_rate`; `output_metric`; `mass` (float or per-array pytree);
-    `adaptive_mass` (an `AdaptiveMass` or ``None``); `jacobian`; `solver`.
+    `adaptive_mass` (an `AdaptiveMass` or ``None``); `max_norm` (``None`` or the largest
+    Euclidean norm of an update, all parameters together: longer steps are shortened to
+    it, a trust region in the parameters' own coordinates; an accepted shortened step
+    leaves the adaptive mass as it is, as the step was set by the cap, not by the mass);
+    `jacobian`; `solver`.
     """
 
     learning_rate: float
     output_metric: AbstractOutputMetric
     mass: object
     adaptive_mass: AdaptiveMass | None = None
+    max_norm: float | None = None
     jacobian: AbstractJacobian = AutoJacobian()
     solver: AbstractBlockSolver = AutoSolve()
+
+    def __check_init__(self):
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ValueError(f"RiemannianSteps: max_norm must be positive, got {self.max_norm}.")
 
     def init(self, model) -> StepState:
         params = eqx.filter(model, eqx.is_inexact_array)
@@ -102,6 +111,12 @@ class RiemannianSteps(eqx.Module):
             jacobian=self.jacobian, solver=self.solver, mass_scale=state.mass_scale,
         )
         updates = jax.tree.map(lambda u: -self.learning_rate * u, d.direction)
+        capped = jnp.array(False)
+        if self.max_norm is not None:
+            norm = jnp.sqrt(sum(jnp.sum(u**2) for u in jax.tree.leaves(updates)))
+            capped = norm > self.max_norm
+            shrink = jnp.where(capped, self.max_norm / jnp.where(capped, norm, 1), 1)
+            updates = jax.tree.map(lambda u: (u * shrink).astype(u.dtype), updates)
         ok = d.is_finite
         scale = state.mass_scale
         if self.adaptive_mass is not None:
@@ -111,7 +126,8 @@ class RiemannianSteps(eqx.Module):
             ok = ok & improved
             a = self.adaptive_mass
             scale = jnp.clip(
-                jnp.where(ok, scale * a.decrease, scale * a.increase), a.min_scale, a.max_scale
+                jnp.where(ok, jnp.where(capped, scale, scale * a.decrease), scale * a.increase),
+                a.min_scale, a.max_scale,
             ).astype(scale.dtype)
         updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
         nonfinite = ~d.is_finite

@@ -25,7 +25,7 @@ def test_fit_petab_command_shards_starts_marks_blow_ups_and_finds_the_published_
     env = dict(os.environ, XLA_FLAGS="")
     run = subprocess.run(
         [sys.executable, "-m", "modopt.cli", "fit-petab", str(PERELSON), "--starts", "8",
-         "--iterations", "40", "--devices", "4", "--out", str(tmp_path)],
+         "--iterations", "40", "--devices", "4", "--batch-size", "4", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "4 device(s)" in run.stdout
@@ -77,9 +77,9 @@ def test_steps_end_at_a_first_order_point_on_a_bound_and_warm_up_without_running
     problem.upper[0] = unbounded.x[0, 0] - 0.3
     start[0, 0] = problem.upper[0] - 0.5
     fit_petab(problem, start, iterations=200, compile_only=True)
-    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 60.0, 1e-6)["compiled"])
+    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6)["compiled"])
     fit = fit_petab(problem, start, iterations=200, progress=False)
-    assert _runners(problem, "steps", 200, 20, 1e-3, 60.0, 1e-6)["compiled"] == compiled
+    assert _runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6)["compiled"] == compiled
 
     x = fit.x[0]
     assert fit.status == ["converged"]
@@ -117,3 +117,21 @@ def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go
     assert fit.status[1] == "failed" and np.isnan(fit.nllh[1])
     assert fit.status[0] != "failed" and fit.status[2] != "failed"
     assert abs(np.nanmin(fit.nllh) - 222.28) < 0.01
+
+
+def test_starts_fitted_in_a_small_batch_of_slots_end_as_in_one_batch():
+    """The slot scheduler (5 starts through 2 slots: a start enters when another one is
+    done) gives every start the fit it gets in one batch of all five, history included."""
+    problem = load_petab(PERELSON)
+    offsets = np.linspace(-2.0, 2.0, 5)[:, None] * np.array([1.0, -0.5, 0.7])
+    starts = np.asarray(problem.x_nominal)[None] + offsets
+    together = fit_petab(problem, starts, iterations=60, batch_size=None, progress=False)
+    slots = fit_petab(problem, starts, iterations=60, batch_size=2, progress=False)
+    assert together.info["batch_size"] == 5 and slots.info["batch_size"] == 2
+    assert slots.status == together.status
+    assert np.isnan(together.history).any()  # some are done before others: slots refill
+    np.testing.assert_allclose(slots.nllh, together.nllh, rtol=1e-9)
+    np.testing.assert_allclose(slots.x, together.x, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(slots.history, together.history, rtol=1e-9)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        fit_petab(problem, starts, batch_size=0)

@@ -100,7 +100,8 @@ def test_no_recompile_counted_by_trace():
 
     model, x, y = _problem(jnp.float64)
     grad(model, x, y)
-    grad(eqx.apply_updates(model, jax.tree.map(lambda a: a + 1.0, eqx.filter(model, eqx.is_inexact_array))), 2 * x, y + 1)
+    shifted = jax.tree.map(lambda a: a + 1.0, eqx.filter(model, eqx.is_inexact_array))
+    grad(eqx.apply_updates(model, shifted), 2 * x, y + 1)
     assert len(traces) == 1
 
 
@@ -115,7 +116,8 @@ def test_dtype_is_kept(dtype):
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(direction))
     state = OPT.init(model)
     new_model, state = _step(model, state, x, y)
-    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(eqx.filter(new_model, eqx.is_inexact_array)))
+    leaves = jax.tree.leaves(eqx.filter(new_model, eqx.is_inexact_array))
+    assert all(leaf.dtype == dtype for leaf in leaves)
     assert state.mass_scale.dtype == dtype and state.value.dtype == dtype
 
 
@@ -176,7 +178,8 @@ def test_adaptive_mass_rejects_a_rising_step_then_recovers():
     model, x, y = _problem(jnp.float64)
     # A huge learning rate overshoots: the step is rejected and the mass raised.
     opt = modopt.RiemannianSteps(
-        50.0, output_metric=modopt.metrics.Identity(), mass=1e-3, adaptive_mass=modopt.AdaptiveMass()
+        50.0, output_metric=modopt.metrics.Identity(), mass=1e-3,
+        adaptive_mass=modopt.AdaptiveMass(),
     )
     state = opt.init(model)
     losses = []
@@ -227,3 +230,29 @@ def test_adaptive_mass_scales_module_declared_masses_too():
     )
     for a, b in zip(jax.tree.leaves(d.direction), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_max_norm_shortens_long_steps_along_the_same_direction(dtype):
+    # Reference: the closed-form LM step of a linear model, scaled to the cap by hand.
+    a = jr.normal(jr.PRNGKey(0), (12, 4), dtype)
+    b = 10 * jr.normal(jr.PRNGKey(1), (12, 1), dtype)
+    model = modopt.Linear(4, 1, key=jr.PRNGKey(2), use_bias=False, dtype=dtype)
+    A, w = np.asarray(a, float), np.asarray(model.weight[0], float)
+    full = -np.linalg.solve(A.T @ A + 0.1 * np.eye(4), A.T @ (A @ w - np.asarray(b, float)[:, 0]))
+    cap = 0.25 * np.linalg.norm(full)
+    adaptive = modopt.AdaptiveMass()
+    opt = modopt.RiemannianSteps(1.0, output_metric=modopt.metrics.Identity(), mass=0.1,
+                                 adaptive_mass=adaptive, max_norm=float(cap))
+    updates, state = opt.update(model, opt.init(model), modopt.losses.squared_error, a, b)
+    assert updates.weight.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(updates.weight[0], full * cap / np.linalg.norm(full), rtol=tol)
+    assert bool(state.accepted) and float(state.mass_scale) == 1.0  # the cap set the step
+    short = eqx.tree_at(lambda o: o.max_norm, opt, float(10 * cap))
+    updates, state = short.update(model, short.init(model), modopt.losses.squared_error, a, b)
+    np.testing.assert_allclose(updates.weight[0], full, rtol=tol)  # under the cap: untouched
+    assert float(state.mass_scale) == adaptive.decrease
+    with pytest.raises(ValueError, match="max_norm must be positive"):
+        modopt.RiemannianSteps(1.0, output_metric=modopt.metrics.Identity(), mass=0.1,
+                               max_norm=0.0)
