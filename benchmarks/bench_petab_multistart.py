@@ -196,7 +196,7 @@ def report(runs, commands, args):
         r["reference_converged_per_min"]] for r in rows])
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
-            "modopt": "fit_petab defaults: batch_size 8, max_step 1, mass 1e-3",
+            "modopt": "fit_petab defaults: batch_size 8, max_step 1, mass 1e-3, Coleman-Li box",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
     markdown = ("# PEtab multi-start benchmark\n\n"
@@ -205,7 +205,8 @@ def report(runs, commands, args):
                 "'within 2' counts starts whose final nllh is within 2 of the best known "
                 "value (or of the best any method found, when that is lower or unknown). "
                 "'converged': the method's own criterion (modopt: Fisher-metric gradient "
-                "norm below gtol or no progress over a chunk; trf: scipy's status > 0).\n")
+                "norm below gtol or no progress over a chunk; trf: scipy's status > 0). "
+                "A row is from the last command above that names its problem and method.\n")
     write_results("petab_multistart", rows, meta, markdown)
     path = ROOT / "benchmarks/results/petab_multistart.json"
     stored = json.loads(path.read_text())

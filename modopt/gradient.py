@@ -100,11 +100,13 @@ def riemannian_direction(
     solver: AbstractBlockSolver = AutoSolve(),
     blocks=None,
     mass_scale=1.0,
+    box=None,
 ) -> Direction:
     """As `riemannian_gradient`, returning the full `Direction`.
 
     `mass_scale` multiplies every block's resolved mass, module-declared ones included
-    (the adaptive damping of `RiemannianSteps`).
+    (the adaptive damping of `RiemannianSteps`). `box`: a `modopt.Box`, whose scaling
+    turns the scaled mass ``D`` into ``(D + |g|) / v`` (see `Box`).
     """
     if not isinstance(output_metric, AbstractOutputMetric):
         raise TypeError(
@@ -144,6 +146,9 @@ def riemannian_direction(
     factor = output_metric.factor(predictions, targets, loss_fn)
     part = partition(model, blocks)
     masses = [[m * mass_scale for m in block] for block in resolve_mass(model, mass, part, dtype)]
+    if box is not None:
+        masses = [[(m + jnp.abs(g)) / v for m, g, v in zip(*block)] for block in zip(
+            masses, part.split(gradient), part.split(box.distance(params, gradient)))]
     structured = _structured_blocks(model, part, masses)
     pull = compute_pullback(model, inputs, factor, part, structured, jacobian)
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._results import RESULTS
+from .bounds import Box
 from .gradient import riemannian_direction
 from .jacobian import AbstractJacobian, AutoJacobian
 from .linalg import AbstractBlockSolver, AutoSolve
@@ -71,10 +72,11 @@ class RiemannianSteps(eqx.Module):
 
     **Arguments:** `learning_rate`; `output_metric`; `mass` (float or per-array pytree);
     `adaptive_mass` (an `AdaptiveMass` or ``None``); `max_norm` (``None`` or the largest
-    Euclidean norm of an update, all parameters together: longer steps are shortened to
-    it, a trust region in the parameters' own coordinates; an accepted shortened step
-    leaves the adaptive mass as it is, as the step was set by the cap, not by the mass);
-    `jacobian`; `solver`.
+    norm of an update, all parameters together: longer steps are shortened to it, a
+    trust region; an accepted shortened step leaves the adaptive mass as it is, as the
+    step was set by the cap, not by the mass; Euclidean, or in the metric of `box`);
+    `box` (``None`` or a `modopt.Box`: bounds on the parameters, kept by Coleman-Li
+    scaling of the mass and by clipping); `jacobian`; `solver`.
     """
 
     learning_rate: float
@@ -82,6 +84,7 @@ class RiemannianSteps(eqx.Module):
     mass: object
     adaptive_mass: AdaptiveMass | None = None
     max_norm: float | None = None
+    box: Box | None = None
     jacobian: AbstractJacobian = AutoJacobian()
     solver: AbstractBlockSolver = AutoSolve()
 
@@ -109,14 +112,22 @@ class RiemannianSteps(eqx.Module):
         d = riemannian_direction(
             model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=self.mass,
             jacobian=self.jacobian, solver=self.solver, mass_scale=state.mass_scale,
+            box=self.box,
         )
         updates = jax.tree.map(lambda u: -self.learning_rate * u, d.direction)
         capped = jnp.array(False)
+        params = eqx.filter(model, eqx.is_inexact_array)
         if self.max_norm is not None:
-            norm = jnp.sqrt(sum(jnp.sum(u**2) for u in jax.tree.leaves(updates)))
+            distance = (jax.tree.map(jnp.ones_like, updates) if self.box is None
+                        else self.box.distance(params, d.gradient))
+            norm = jnp.sqrt(sum(jnp.sum(u**2 / v) for u, v in
+                                zip(jax.tree.leaves(updates), jax.tree.leaves(distance))))
             capped = norm > self.max_norm
             shrink = jnp.where(capped, self.max_norm / jnp.where(capped, norm, 1), 1)
             updates = jax.tree.map(lambda u: (u * shrink).astype(u.dtype), updates)
+        if self.box is not None:
+            updates = jax.tree.map(lambda new, w: (new - w).astype(w.dtype),
+                                   self.box.clip(eqx.apply_updates(params, updates)), params)
         ok = d.is_finite
         scale = state.mass_scale
         if self.adaptive_mass is not None:

@@ -29,12 +29,12 @@ import numpy as np
 
 from .. import metrics
 from .._module import AbstractSystemModule
+from ..bounds import Box
 from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
 from .petab import PetabProblem
 
 STATUSES = ("converged", "max_iterations", "failed_at_start", "failed")
-_FROZEN_MASS = 1e15  # the mass of a parameter held at its bound by the active set
 
 
 class PetabResiduals(AbstractSystemModule):
@@ -160,12 +160,13 @@ def fit_petab(
     - `starts`: a number (Latin-hypercube starts in the bounds, `seed`) or an array
       ``(starts, d)`` of scaled parameters.
     - `method`: ``"steps"`` (Algorithm 1 with a Levenberg-Marquardt adaptive mass,
-      `iterations` steps in chunks of `chunk`; a parameter at a bound that the gradient
-      pushes outwards is held there, the others take the reduced step) or ``"flow"`` (the
+      `iterations` steps in chunks of `chunk`; the bounds are kept by Coleman-Li scaling
+      of the mass, `modopt.Box`) or ``"flow"`` (the
       Riemannian flow to pseudo-time `s1`, stopping when ``g^T G^-1 g < gtol``).
     - `mass`: the diagonal mass (its starting value for ``"steps"``).
-    - `max_step`: for ``"steps"``, the longest step (Euclidean norm of the change of the
-      scaled parameters; 1 is a factor of 10 in one log10-scaled parameter), or ``None``.
+    - `max_step`: for ``"steps"``, the longest step (norm of the change of the scaled
+      parameters in the metric of the box, ``sqrt(sum dx^2 / v)``, which is the
+      Euclidean norm for parameters about 1 from the bound they move to), or ``None``.
       Without it the first Gauss-Newton steps from a poor start can jump across the box
       into another basin: on Bruno (100 starts) the share of starts ending within 2 of
       the best rises from 35 % to 53 % with a cap of 1.
@@ -270,24 +271,18 @@ def _runners(problem, method, iterations, chunk, mass, max_step, s1, gtol):
         return runners
 
     adaptive = AdaptiveMass(min_scale=1e-8)
+    # Coleman-Li scaling keeps the bounds (see `modopt.Box`): without it, a start whose
+    # path runs along a bound more often ends in another basin (Bruno: 57 % of 100
+    # starts within 2 of the best, against 67 % with it, in a NumPy replica).
+    box = Box(PetabResiduals(lower, problem), PetabResiduals(upper, problem))
     optimizer = RiemannianSteps(1.0, output_metric=output_metric, mass=mass,
-                                adaptive_mass=adaptive, max_norm=max_step)
+                                adaptive_mass=adaptive, max_norm=max_step, box=box)
 
     def run_chunk(x, state):
         def body(carry, _):
             x, state = carry
-            # Active set (projected Newton): a parameter at a bound whose last gradient
-            # points out of the box gets a mass so large that it does not move, and the
-            # others take the step of the problem reduced to them. A projected step of the
-            # full problem instead stalls at the bound.
-            g = state.gradient.x
-            active = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
-            per_parameter = jnp.where(active, _FROZEN_MASS, mass).astype(x.dtype)
-            step = RiemannianSteps(1.0, output_metric=output_metric,
-                                   mass=PetabResiduals(per_parameter, problem),
-                                   adaptive_mass=adaptive, max_norm=max_step)
-            updates, state = step.update(PetabResiduals(x, problem), state, _loss,
-                                         inputs, targets)
+            updates, state = optimizer.update(PetabResiduals(x, problem), state, _loss,
+                                              inputs, targets)
             return (jnp.clip(x + updates.x, lower, upper), state), None
 
         (x, state), _ = jax.lax.scan(body, (x, state), None, length=chunk)
