@@ -23,11 +23,23 @@ class Box(eqx.Module):
     shape per parameter array (``-inf``/``inf`` for no bound). `smallest`: the least
     distance used, relative to the width of the box (1 where it is infinite), so that a
     parameter on its bound has a large but finite mass.
+
+    **Raises:** `ValueError` if a lower bound is above its upper bound (checked when the
+    bounds are concrete values, not inside a trace).
     """
 
     lower: object
     upper: object
     smallest: float = 1e-12
+
+    def __check_init__(self):
+        pairs = zip(jax.tree.leaves(self.lower), jax.tree.leaves(self.upper))
+        for i, (lower, upper) in enumerate(pairs):
+            if isinstance(lower, jax.core.Tracer) or isinstance(upper, jax.core.Tracer):
+                continue
+            if jnp.any(jnp.asarray(lower) > jnp.asarray(upper)):
+                raise ValueError(f"Box: a lower bound is above its upper bound in leaf {i}: "
+                                 f"lower={lower}, upper={upper}")
 
     def distance(self, params, gradient):
         """``v`` for every parameter (a pytree like `params`)."""

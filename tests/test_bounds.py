@@ -70,3 +70,8 @@ def test_box_of_the_wrong_structure_is_a_clear_error():
                                  box=modopt.Box([0.0, 1.0], [2.0, 3.0]))
     with pytest.raises(ValueError, match="Box: lower and upper must have the structure"):
         opt.update(model, opt.init(model), modopt.losses.squared_error, a, b)
+
+
+def test_box_with_a_lower_bound_above_the_upper_is_a_clear_error():
+    with pytest.raises(ValueError, match="lower bound is above its upper bound in leaf 1"):
+        modopt.Box([0.0, jnp.array([1.0, 5.0])], [2.0, jnp.array([3.0, 4.0])])
