@@ -18,7 +18,7 @@ def _least_squares(seed=0, m=30, n=5):
     a = jr.normal(jr.PRNGKey(seed), (m, n))
     b = jr.normal(jr.PRNGKey(seed + 1), (m, 1))
     model = modopt.Linear(n, 1, key=jr.PRNGKey(2), use_bias=False)
-    model = eqx.tree_at(lambda l: l.weight, model, jnp.zeros((1, n)))
+    model = eqx.tree_at(lambda m: m.weight, model, jnp.zeros((1, n)))
     return model, a, b
 
 
@@ -101,7 +101,7 @@ def _cliff_loss(predictions, targets):
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_nan_during_flow_gives_result_code_and_last_good_state(adaptive):
     model = modopt.Linear(1, 1, key=jr.PRNGKey(0), use_bias=False)
-    model = eqx.tree_at(lambda l: l.weight, model, jnp.zeros((1, 1)))
+    model = eqx.tree_at(lambda m: m.weight, model, jnp.zeros((1, 1)))
     x, y = jnp.ones((1, 1)), jnp.ones((1, 1))  # the optimum w = 1 lies past the cliff
     extra = {} if adaptive else dict(
         ode_solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.5

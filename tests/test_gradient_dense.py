@@ -255,11 +255,9 @@ def _rotating_cases():
     for net in NETWORKS:
         if net in SWEEP_NETS:
             continue
-        dims = []
 
         def out(net=net):
             model, in_dim, batch = _net(net)
-            dims.append(1)
             return jax.vmap(model)(jnp.zeros((batch, in_dim)))
 
         out_shape = jax.eval_shape(out).shape
