@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Box(eqx.Module):
@@ -35,9 +36,11 @@ class Box(eqx.Module):
     def __check_init__(self):
         pairs = zip(jax.tree.leaves(self.lower), jax.tree.leaves(self.upper))
         for i, (lower, upper) in enumerate(pairs):
-            if isinstance(lower, jax.core.Tracer) or isinstance(upper, jax.core.Tracer):
-                continue
-            if jnp.any(jnp.asarray(lower) > jnp.asarray(upper)):
+            try:
+                above = np.any(np.asarray(lower) > np.asarray(upper))
+            except (TypeError, jax.errors.TracerArrayConversionError):
+                continue  # traced: cannot be checked here
+            if above:
                 raise ValueError(f"Box: a lower bound is above its upper bound in leaf {i}: "
                                  f"lower={lower}, upper={upper}")
 
