@@ -196,7 +196,7 @@ def report(runs, commands, args):
         r["reference_converged_per_min"]] for r in rows])
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
-            "modopt": "fit_petab defaults: batch_size 8, max_step 1, mass 1e-3, Coleman-Li box",
+            "modopt": "fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, Coleman-Li box",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
     markdown = ("# PEtab multi-start benchmark\n\n"

@@ -119,6 +119,19 @@ def _run(config: dict, out_root: Path) -> Path:
     return out
 
 
+def _batch_size(text: str):
+    """``--batch-size``: 'auto' or a non-negative integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text!r}")
+    return value
+
+
 def _fit_petab(args) -> int:
     if args.devices:
         # Read by XLA when JAX first creates its CPU backend, i.e. not yet.
@@ -141,7 +154,8 @@ def _fit_petab(args) -> int:
     print(f"{problem}; {len(jax.devices())} device(s)")
     result = fit_petab(problem, args.starts, method=args.method, iterations=args.iterations,
                        mass=args.mass, max_step=args.max_step or None,
-                       batch_size=args.batch_size or None, seed=args.seed)
+                       batch_size=args.batch_size if args.batch_size != 0 else None,
+                       seed=args.seed)
     out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
     summary = write_fit_report(problem, result, out, args.reference_nllh)
     print(f"best nllh {summary['best_nllh']:.4f}; within 2 of the best: "
@@ -172,8 +186,9 @@ def main(argv=None) -> int:
     fit.add_argument("--mass", type=float, default=1e-3, help="diagonal mass")
     fit.add_argument("--max-step", type=float, default=1.0,
                      help="longest step of the scaled parameters (0: no limit; default 1)")
-    fit.add_argument("--batch-size", type=int, default=8,
-                     help="starts run at once as one batch (0: all; default 8)")
+    fit.add_argument("--batch-size", type=_batch_size, default="auto",
+                     help="starts run at once as one batch: a number, 0 for all, or 'auto' "
+                     "(the default: one per device or 8, whichever is faster per start)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube")
     fit.add_argument("--rtol", type=float, default=1e-6, help="ODE relative tolerance")
     fit.add_argument("--atol", type=float, default=1e-8, help="ODE absolute tolerance")

@@ -32,6 +32,7 @@ from .._module import AbstractSystemModule
 from ..bounds import Box
 from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
+from .batch_sizes import BatchSizeChooser
 from .petab import PetabProblem
 
 STATUSES = ("converged", "max_iterations", "failed_at_start", "failed")
@@ -81,7 +82,8 @@ class MultistartResult:
       a start is done).
     - `wall_time_s`: total, compilation included unless the same configuration was
       fitted before (the compiled runners are cached).
-    - `method`, `x_ids`; `info`: devices, iterations, mass, max_step, gtol, batch_size.
+    - `method`, `x_ids`; `info`: devices, iterations, mass, max_step, gtol, batch_size,
+      batch_calls (calls per batch size).
     """
 
     x: np.ndarray
@@ -148,7 +150,7 @@ def fit_petab(
     s1: float = 60.0,
     gtol: float = 1e-6,
     seed: int = 0,
-    batch_size: int | None = 8,
+    batch_size: int | str | None = "auto",
     progress: bool = True,
     compile_only: bool = False,
 ) -> MultistartResult | None:
@@ -171,11 +173,16 @@ def fit_petab(
       into another basin: on Bruno (100 starts) the share of starts ending within 2 of
       the best rises from 35 % to 53 % with a cap of 1.
     - `gtol`: a start has converged when ``g^T G^-1 g < gtol`` (about twice the
-      decrease of the nllh that one more Gauss-Newton step would give).
-    - `batch_size`: how many starts run at once as one ``vmap``-ped batch (``None``: all).
+      decrease of the nllh that one more Gauss-Newton step would give) or, for the
+      steps, its nllh stopped changing over a chunk. A start of the steps stops inside
+      a chunk when it meets `gtol` with its mass not raised by rejected steps.
+    - `batch_size`: how many starts run at once as one ``vmap``-ped batch: a number,
+      ``None`` (all) or ``"auto"`` (the default): one start per device or 8, whichever
+      takes less wall time per start, measured while the fit runs (`BatchSizeChooser`).
+      A batch runs as long as its slowest start (its ODE solves take the most solver
+      steps of any start in it), which on a CPU can cost more than vectorising saves.
       The steps refill the batch as starts finish; the flow runs the starts group by
-      group. A batch runs as long as its slowest start (its ODE solves take the most
-      solver steps of any start in it), so on a CPU small batches are faster.
+      group.
     - `progress`: print a line per chunk.
     - `compile_only`: only compile for these starts and return ``None``; the next fit
       with the same settings and starts runs without compiling (a benchmark's warm-up).
@@ -194,8 +201,10 @@ def fit_petab(
     if x0.ndim != 2 or x0.shape[1] != len(problem.x_ids):
         raise ValueError(f"fit_petab: starts must have shape (n, {len(problem.x_ids)}), "
                          f"got {x0.shape}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"fit_petab: batch_size must be positive or None, got {batch_size}")
+    if not (batch_size is None or batch_size == "auto"
+            or (isinstance(batch_size, (int, np.integer)) and batch_size >= 1)):
+        raise ValueError("fit_petab: batch_size must be positive, None or 'auto', got "
+                         f"{batch_size!r}")
     count = x0.shape[0]
     began = time.perf_counter()
     runners = _runners(problem, method, iterations, chunk, mass, max_step, s1, gtol)
@@ -206,20 +215,23 @@ def fit_petab(
     final_x, final_nllh = x0.copy(), np.full(count, np.nan)
     converged = np.zeros(count, bool)
     history = np.full((count, 1), np.nan)
-    slots = _slot_count(alive.size, batch_size)
+    sizes = ((_slot_count(alive.size, 8), _slot_count(alive.size, 1)) if batch_size == "auto"
+             else (_slot_count(alive.size, batch_size),))
+    chooser = BatchSizeChooser(sizes)
     if compile_only:
-        if alive.size and method == "flow":
-            _compiled(runners, "flow", _padded_batch(x0[alive][:slots], slots))
-        elif alive.size:
-            rows = np.minimum(np.arange(slots), alive.size - 1)
-            states = _fresh_states(runners, x0[alive], alive.size)
-            _compiled(runners, "chunk", *_slot_batch(x0[alive], states, rows))
+        for slots in sizes if alive.size else ():
+            if method == "flow":
+                _compiled(runners, "flow", _padded_batch(x0[alive][:slots], slots))
+            else:
+                rows = np.minimum(np.arange(slots), alive.size - 1)
+                states = _fresh_states(runners, x0[alive], alive.size)
+                _compiled(runners, "chunk", *_slot_batch(x0[alive], states, rows))
         return None
     if alive.size:
-        fit_starts = _flow_in_groups if method == "flow" else _steps_in_slots
+        fit_starts = _flow_in_groups if method == "flow" else _steps_in_batches
         x, value, stationary, trace = fit_starts(
-            runners, x0[alive], slots, iterations=iterations, chunk=chunk, s1=s1, gtol=gtol,
-            progress=progress, began=began)
+            runners, x0[alive], chooser, iterations=iterations, chunk=chunk, s1=s1,
+            gtol=gtol, progress=progress, began=began)
         final_x[alive], final_nllh[alive], converged[alive] = x, value, stationary
         history = np.full((count, trace.shape[1]), np.nan)
         history[alive] = trace
@@ -236,7 +248,9 @@ def fit_petab(
         x=final_x, nllh=final_nllh, status=status, starts=x0, history=history,
         wall_time_s=seconds, method=method, x_ids=problem.x_ids,
         info={"devices": len(jax.devices()), "iterations": iterations, "mass": mass,
-              "max_step": max_step, "gtol": gtol, "batch_size": slots},
+              "max_step": max_step, "gtol": gtol,
+              "batch_size": batch_size if batch_size == "auto" else sizes[0],
+              "batch_calls": {size: calls for size, calls in chooser.calls.items() if calls}},
     )
 
 
@@ -279,13 +293,20 @@ def _runners(problem, method, iterations, chunk, mass, max_step, s1, gtol):
                                 adaptive_mass=adaptive, max_norm=max_step, box=box)
 
     def run_chunk(x, state):
-        def body(carry, _):
-            x, state = carry
+        # A start that meets gtol stops inside the chunk: alone in its batch it then
+        # costs no more solves (in a larger batch it waits, masked, for the others).
+        # Not while its mass is raised by rejected steps, which also makes the norm small.
+        def going(carry):
+            _, state, count = carry
+            return (count < chunk) & ~((state.riemannian_norm2 < gtol) & (state.mass_scale <= 1))
+
+        def body(carry):
+            x, state, count = carry
             updates, state = optimizer.update(PetabResiduals(x, problem), state, _loss,
                                               inputs, targets)
-            return (jnp.clip(x + updates.x, lower, upper), state), None
+            return jnp.clip(x + updates.x, lower, upper), state, count + 1
 
-        (x, state), _ = jax.lax.scan(body, (x, state), None, length=chunk)
+        x, state, _ = jax.lax.while_loop(going, body, (x, state, jnp.zeros((), jnp.int32)))
         return x, state, nllh_of(x)
 
     runners["chunk"] = jax.jit(jax.vmap(run_chunk))
@@ -325,25 +346,30 @@ def _call(runners, name, *args):
     return _compiled(runners, name, *args)(*args)
 
 
-def _flow_in_groups(runners, x0, slots, *, gtol, progress, began, **_):
-    """The flow for the starts `x0`, `slots` at a time. **Returns:** final x, nllh, a
-    converged flag and the nllh history ``(starts, checkpoints)``."""
-    parts = []
-    for first in range(0, x0.shape[0], slots):
+def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
+    """The flow for the starts `x0`, in groups of the size `chooser` picks.
+    **Returns:** final x, nllh, a converged flag and the nllh history
+    ``(starts, checkpoints)``."""
+    parts, first = [], 0
+    while first < x0.shape[0]:
+        slots = chooser.next()
         group = x0[first:first + slots]
         batch = _padded_batch(group, slots)
+        called = time.perf_counter()
         try:
             x, value, norm2, losses = jax.block_until_ready(_call(runners, "flow", batch))
-        except Exception as error:  # noqa: BLE001 - as in `_steps_in_slots`
+        except Exception as error:  # noqa: BLE001 - as in `_steps_in_batches`
             if progress:
                 print(f"  flow: a start raised ({type(error).__name__}); rerunning its group "
                       "start by start", flush=True)
             x, value, norm2, losses = _flow_one_by_one(runners, batch)
+        chooser.record(slots, time.perf_counter() - called, len(group))
         trace = np.asarray(losses) + runners["constant"]
         trace[:, -1] = np.asarray(value)
         parts.append(tuple(np.asarray(a)[:len(group)] for a in (x, value, norm2, trace)))
+        first += len(group)
         if progress:
-            print(f"  flow: {first + len(group)}/{x0.shape[0]} starts done, "
+            print(f"  flow: {first}/{x0.shape[0]} starts done, batch {slots}, "
                   f"{time.perf_counter() - began:.0f} s", flush=True)
     x, value, norm2, trace = (np.concatenate(a) for a in zip(*parts))
     return x, value, norm2 < gtol, trace
@@ -362,28 +388,28 @@ def _slot_batch(xs, states, rows):
             jax.tree.map(lambda leaf: _shard(jnp.asarray(leaf[rows])), states))
 
 
-def _steps_in_slots(runners, x0, slots, *, iterations, chunk, gtol, progress, began, **_):
-    """The steps for the starts `x0` in a batch of `slots`: after each chunk of
-    iterations a start that has converged, hit `iterations` or raised leaves its slot to
-    the next start waiting. So no start idles in the batch once it is done, and one slow
-    start (a stiff ODE, many solver steps) holds up only its batch-mates.
+def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress, began,
+                      **_):
+    """The steps for the starts `x0`, one chunk of iterations per call, in batches of
+    the size `chooser` picks: a call takes the unfinished starts already begun (the
+    earliest first) and fills up with new ones; a start that has converged, hit
+    `iterations` or raised is done. So no start idles in a batch once it is done, and
+    one slow start (a stiff ODE, many solver steps) holds up only its batch-mates.
     **Returns:** as `_flow_in_groups`."""
     count = x0.shape[0]
     states = _fresh_states(runners, x0, count)
     xs, values = np.array(x0), np.full(count, np.nan)
     previous, converged = np.full(count, np.inf), np.zeros(count, bool)
     broken, done = np.zeros(count, bool), np.zeros(count, int)
+    finished = np.zeros(count, bool)
     traces = [[] for _ in range(count)]
-    waiting, occupant = list(range(count)), np.full(slots, -1)
-    while True:
-        for slot in np.flatnonzero(occupant < 0):
-            if waiting:
-                occupant[slot] = waiting.pop(0)
-        live = occupant >= 0
-        if not live.any():
-            break
-        rows = np.where(live, occupant, occupant[live][0])  # empty slots copy a live start
+    while not finished.all():
+        slots = chooser.next()
+        unfinished = np.flatnonzero(~finished)
+        ids = unfinished[np.argsort(done[unfinished] == 0, kind="stable")][:slots]
+        rows = np.concatenate([ids, np.repeat(ids[:1], slots - ids.size)])  # pad: copies
         batch = _slot_batch(xs, states, rows)
+        called = time.perf_counter()
         try:
             x, state, value = jax.block_until_ready(_call(runners, "chunk", *batch))
             raised = np.zeros(slots, bool)
@@ -396,7 +422,8 @@ def _steps_in_slots(runners, x0, slots, *, iterations, chunk, gtol, progress, be
                       "batch start by start", flush=True)
             x, state, value, raised = _chunk_one_by_one(
                 functools.partial(_call, runners, "chunk"), *batch, np.zeros(slots, bool))
-        ids = occupant[live]
+        chooser.record(slots, time.perf_counter() - called, ids.size)
+        live = slice(0, ids.size)
         xs[ids] = np.asarray(x)[live]
         for store, leaf in zip(jax.tree.leaves(states), jax.tree.leaves(state)):
             store[ids] = np.asarray(leaf)[live]
@@ -412,13 +439,12 @@ def _steps_in_slots(runners, x0, slots, *, iterations, chunk, gtol, progress, be
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
         converged[ids] = (np.asarray(state.riemannian_norm2)[live] < gtol) | stalled
         previous[ids] = value
-        finished = converged[ids] | broken[ids] | (done[ids] >= iterations)
-        occupant[np.flatnonzero(live)[finished]] = -1
+        finished[ids] = converged[ids] | broken[ids] | (done[ids] >= iterations)
         if progress:
-            ended = count - len(waiting) - int((occupant >= 0).sum())
             best = np.nanmin(values) if np.isfinite(values).any() else np.nan
-            print(f"  steps: {ended}/{count} starts done ({int(converged.sum())} converged), "
-                  f"best nllh {best:.4f}, {time.perf_counter() - began:.0f} s", flush=True)
+            print(f"  steps: {int(finished.sum())}/{count} starts done ({int(converged.sum())} "
+                  f"converged), best nllh {best:.4f}, batch {slots}, "
+                  f"{time.perf_counter() - began:.0f} s", flush=True)
     history = np.full((count, max(map(len, traces))), np.nan)
     for i, trace in enumerate(traces):
         history[i, :len(trace)] = trace
