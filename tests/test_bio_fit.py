@@ -106,7 +106,6 @@ def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go
     """Lineax raises (rather than returning NaN) when one start's ODE state overflows in a
     tangent solve; in a vmapped batch that would end every start. Here the compiled
     runner raises whenever the batch holds the poisoned start."""
-
     problem = load_petab(PERELSON)
     starts = np.asarray(problem.x_nominal)[None] + np.array([[0.2], [0.1], [-0.1]])
     poisoned = starts[1]
@@ -126,9 +125,9 @@ def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go
 
 def test_a_start_of_the_steps_that_meets_gtol_stops_inside_its_chunk():
     """From the nominal parameters Perelson's steps meet gtol within a few chunks: the
-    chunk where they do ends early (count below the chunk length) exactly when the
-    norm is below gtol with the mass not raised, while a far start in the same batch
-    runs every iteration of every chunk."""
+    chunk where they do ends early (count below the chunk length), with the norm below
+    gtol and the mass not raised, while a far start in the same batch runs every
+    iteration of every chunk."""
     problem = load_petab(PERELSON)
     runners = fit_module._runners(problem, "steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6)
     x = np.stack([np.asarray(problem.x_nominal), np.asarray(problem.x_nominal) + 1.5])
