@@ -123,13 +123,9 @@ def _batch_size(text: str):
     """``--batch-size``: 'auto' or a non-negative integer."""
     if text == "auto":
         return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+    if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text!r}")
-    return value
+    return int(text)
 
 
 def _fit_petab(args) -> int:

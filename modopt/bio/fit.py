@@ -219,12 +219,13 @@ def fit_petab(
              else (_slot_count(alive.size, batch_size),))
     chooser = BatchSizeChooser(sizes)
     if compile_only:
+        states = (_fresh_states(runners, x0[alive], alive.size)
+                  if alive.size and method == "steps" else None)
         for slots in sizes if alive.size else ():
             if method == "flow":
                 _compiled(runners, "flow", _padded_batch(x0[alive][:slots], slots))
             else:
                 rows = np.minimum(np.arange(slots), alive.size - 1)
-                states = _fresh_states(runners, x0[alive], alive.size)
                 _compiled(runners, "chunk", *_slot_batch(x0[alive], states, rows))
         return None
     if alive.size:
@@ -401,11 +402,9 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress
     xs, values = np.array(x0), np.full(count, np.nan)
     previous, converged = np.full(count, np.inf), np.zeros(count, bool)
     broken, done = np.zeros(count, bool), np.zeros(count, int)
-    finished = np.zeros(count, bool)
     traces = [[] for _ in range(count)]
-    while not finished.all():
+    while (unfinished := np.flatnonzero(~converged & ~broken & (done < iterations))).size:
         slots = chooser.next()
-        unfinished = np.flatnonzero(~finished)
         ids = unfinished[np.argsort(done[unfinished] == 0, kind="stable")][:slots]
         rows = np.concatenate([ids, np.repeat(ids[:1], slots - ids.size)])  # pad: copies
         batch = _slot_batch(xs, states, rows)
@@ -439,8 +438,8 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
         converged[ids] = (np.asarray(state.riemannian_norm2)[live] < gtol) | stalled
         previous[ids] = value
-        finished[ids] = converged[ids] | broken[ids] | (done[ids] >= iterations)
         if progress:
+            finished = converged | broken | (done >= iterations)
             best = np.nanmin(values) if np.isfinite(values).any() else np.nan
             print(f"  steps: {int(finished.sum())}/{count} starts done ({int(converged.sum())} "
                   f"converged), best nllh {best:.4f}, batch {slots}, "
