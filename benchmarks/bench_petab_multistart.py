@@ -1,5 +1,6 @@
 """Multi-start fitting of the PEtab benchmark problems: modopt's Riemannian steps and flow
-against ``scipy.optimize.least_squares`` (trf) on the same objective and Jacobians.
+against ``scipy.optimize.least_squares`` (trf) and fides (the reference stack's optimizer,
+``--methods fides`` after ``pip install fides``) on the same objective and Jacobians.
 
 Protocol (the published one, scaled by ``--starts``): the same Latin-hypercube starts in
 the bounds for every method; per problem the best nllh, the share of starts ending
@@ -68,17 +69,64 @@ def run_modopt(problem, starts, method, iterations):
     return fit.nllh, [s == "converged" for s in fit.status], fit.wall_time_s
 
 
-def run_trf(problem, starts, iterations):
+def _jitted_objective(problem, x):
+    """The residuals, their forward Jacobian and the nllh, jitted and compiled at `x`."""
     import jax
-    from scipy.optimize import least_squares
 
     residuals = jax.jit(problem._residuals)
     jacobian = jax.jit(jax.jacfwd(problem._residuals))
     nllh = jax.jit(problem._nllh)
-    x = np.asarray(starts[0])
-    residuals(x).block_until_ready()
-    jacobian(x).block_until_ready()
-    nllh(x).block_until_ready()
+    for function in (residuals, jacobian, nllh):
+        function(x).block_until_ready()
+    return residuals, jacobian, nllh
+
+
+def run_trf(problem, starts, iterations):
+    from scipy.optimize import least_squares
+
+    residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
+
+    def fit(x0):
+        fit = least_squares(
+            lambda x: np.nan_to_num(np.asarray(residuals(x)), nan=1e10),
+            x0, jac=lambda x: np.nan_to_num(np.asarray(jacobian(x))),
+            bounds=(problem.lower, problem.upper), method="trf", max_nfev=iterations)
+        return fit.x, fit.status > 0
+
+    return _one_by_one(fit, nllh, starts)
+
+
+def run_fides(problem, starts, iterations):
+    """fides (the reference stack's optimizer: reflective trust region, 2D subspace) with
+    the Fisher-information (Gauss-Newton) Hessian, as pyPESTO runs it on AMICI."""
+    try:
+        import fides
+    except ImportError as error:
+        raise SystemExit("bench_petab_multistart: --methods fides needs `pip install "
+                         "fides` (a benchmark peer, not a modopt dependency)") from error
+    import logging
+
+    residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
+
+    def objective(x):
+        r, J = np.asarray(residuals(x)), np.asarray(jacobian(x))
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(J))):
+            return np.nan, np.full(x.shape, np.nan), np.full((x.size, x.size), np.nan)
+        return 0.5 * r @ r, r @ J, J.T @ J
+
+    def fit(x0):
+        optimizer = fides.Optimizer(objective, ub=np.asarray(problem.upper),
+                                    lb=np.asarray(problem.lower), verbose=logging.ERROR,
+                                    options={fides.Options.MAXITER: iterations})
+        optimizer.minimize(np.asarray(x0))
+        return optimizer.x_min, optimizer.exitflag > 0
+
+    return _one_by_one(fit, nllh, starts)
+
+
+def _one_by_one(fit, nllh, starts):
+    """Run `fit(x0) -> (x, converged)` on each start in turn, timed; a start whose nllh is
+    not finite at the start, or whose fit raises, counts as failed."""
     values, converged = [], []
     began = time.perf_counter()
     for x0 in starts:
@@ -87,17 +135,17 @@ def run_trf(problem, starts, iterations):
             converged.append(False)
             continue
         try:
-            fit = least_squares(
-                lambda x: np.nan_to_num(np.asarray(residuals(x)), nan=1e10),
-                x0, jac=lambda x: np.nan_to_num(np.asarray(jacobian(x))),
-                bounds=(problem.lower, problem.upper), method="trf", max_nfev=iterations)
-            value = float(nllh(fit.x))
+            x, done = fit(x0)
+            value = float(nllh(x))
             values.append(value if np.isfinite(value) else np.nan)
-            converged.append(bool(fit.status > 0) and np.isfinite(value))
-        except (ValueError, np.linalg.LinAlgError):
+            converged.append(bool(done) and np.isfinite(value))
+        except (ValueError, RuntimeError, np.linalg.LinAlgError):
             values.append(np.nan)
             converged.append(False)
     return np.array(values), converged, time.perf_counter() - began
+
+
+PEERS = {"trf": run_trf, "fides": run_fides}
 
 
 def main():
@@ -124,8 +172,8 @@ def main():
         problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
         for method in args.methods:
-            if method == "trf":
-                values, converged, seconds = run_trf(problem, starts, args.iterations)
+            if method in PEERS:
+                values, converged, seconds = PEERS[method](problem, starts, args.iterations)
             else:
                 values, converged, seconds = run_modopt(problem, starts, method,
                                                         args.iterations)
@@ -196,7 +244,9 @@ def report(runs, commands, args):
         r["reference_converged_per_min"]] for r in rows])
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
-            "modopt": "fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, Coleman-Li box",
+            "modopt": ("fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, "
+                       "Coleman-Li box"),
+            "fides": "fides 0.8.0, Fisher-information Hessian, maxiter = iterations",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
     markdown = ("# PEtab multi-start benchmark\n\n"
@@ -205,7 +255,8 @@ def report(runs, commands, args):
                 "'within 2' counts starts whose final nllh is within 2 of the best known "
                 "value (or of the best any method found, when that is lower or unknown). "
                 "'converged': the method's own criterion (modopt: Fisher-metric gradient "
-                "norm below gtol or no progress over a chunk; trf: scipy's status > 0). "
+                "norm below gtol or no progress over a chunk; trf: scipy's status > 0; "
+                "fides: its exit flag > 0). "
                 "A row is from the last command above that names its problem and method.\n")
     write_results("petab_multistart", rows, meta, markdown)
     path = ROOT / "benchmarks/results/petab_multistart.json"
