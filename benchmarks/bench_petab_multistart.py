@@ -87,11 +87,11 @@ def run_trf(problem, starts, iterations):
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
 
     def fit(x0):
-        fit = least_squares(
+        result = least_squares(
             lambda x: np.nan_to_num(np.asarray(residuals(x)), nan=1e10),
             x0, jac=lambda x: np.nan_to_num(np.asarray(jacobian(x))),
             bounds=(problem.lower, problem.upper), method="trf", max_nfev=iterations)
-        return fit.x, fit.status > 0
+        return result.x, result.status > 0
 
     return _one_by_one(fit, nllh, starts)
 
