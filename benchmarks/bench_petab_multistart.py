@@ -66,7 +66,9 @@ def run_modopt(problem, starts, method, iterations):
 
     fit_petab(problem, starts, method=method, iterations=iterations, compile_only=True)
     fit = fit_petab(problem, starts, method=method, iterations=iterations, progress=False)
-    return fit.nllh, [s == "converged" for s in fit.status], fit.wall_time_s
+    # A start whose solve raised keeps its last good nllh, so failures come from the status.
+    return (fit.nllh, [s == "converged" for s in fit.status],
+            [s.startswith("failed") for s in fit.status], fit.wall_time_s)
 
 
 def _jitted_objective(problem, x):
@@ -126,7 +128,8 @@ def run_fides(problem, starts, iterations):
 
 def _one_by_one(fit, nllh, starts):
     """Run `fit(x0) -> (x, converged)` on each start in turn, timed; a start whose nllh is
-    not finite at the start, or whose fit raises, counts as failed."""
+    not finite at the start, or whose fit raises, counts as failed (a NaN nllh).
+    **Returns:** nllh, converged and failed per start, and the wall time."""
     values, converged = [], []
     began = time.perf_counter()
     for x0 in starts:
@@ -142,7 +145,8 @@ def _one_by_one(fit, nllh, starts):
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             values.append(np.nan)
             converged.append(False)
-    return np.array(values), converged, time.perf_counter() - began
+    values = np.array(values)
+    return values, converged, list(~np.isfinite(values)), time.perf_counter() - began
 
 
 PEERS = {"trf": run_trf, "fides": run_fides}
@@ -173,16 +177,18 @@ def main():
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
         for method in args.methods:
             if method in PEERS:
-                values, converged, seconds = PEERS[method](problem, starts, args.iterations)
+                values, converged, failed, seconds = PEERS[method](problem, starts,
+                                                                   args.iterations)
             else:
-                values, converged, seconds = run_modopt(problem, starts, method,
-                                                        args.iterations)
+                values, converged, failed, seconds = run_modopt(problem, starts, method,
+                                                                args.iterations)
             print(f"{name} {method}: best {np.nanmin(values):.3f}, {seconds:.0f} s",
                   flush=True)
             runs[(name, method)] = {
                 "problem": name, "method": method, "wall_time_s": float(seconds),
                 "nllh": [None if not np.isfinite(v) else float(v) for v in values],
-                "converged": [bool(c) for c in converged]}
+                "converged": [bool(c) for c in converged],
+                "failed": [bool(f) for f in failed]}
             report(runs, commands, args)  # after every run: a long benchmark keeps its results
 
 
@@ -215,13 +221,15 @@ def summarise(runs):
             values = np.array(run["nllh"], float)
             within = np.isfinite(values) & (values <= reference + 2)
             converged = np.array(run["converged"], bool)
+            # Runs stored before the flags were kept: a failed start had a NaN nllh.
+            failed = np.array(run.get("failed", ~np.isfinite(values)), bool)
             seconds = run["wall_time_s"]
             rows.append({
                 "problem": name, "method": run["method"], "starts": len(values),
                 "best_nllh": float(np.nanmin(values)), "reference_nllh": float(reference),
                 "fraction_within_2": float(within.mean()),
                 "published_fraction_within_2": PROBLEMS[name]["published"],
-                "converged": int(converged.sum()), "failed": int((~np.isfinite(values)).sum()),
+                "converged": int(converged.sum()), "failed": int(failed.sum()),
                 "wall_time_s": seconds,
                 "converged_per_min": 60 * float(converged.sum()) / seconds,
                 "within_2_per_min": 60 * float(within.sum()) / seconds,

@@ -75,7 +75,8 @@ class MultistartResult:
     """The outcome of `fit_petab`.
 
     - `x`: final parameters, ``(starts, d)`` (scaled; within the bounds).
-    - `nllh`: the negative log-likelihood there (NaN for failed starts).
+    - `nllh`: the negative log-likelihood there (NaN for starts that failed at their
+      start; a start that failed later has the nllh of its last good parameters).
     - `status`: per start, one of `STATUSES`.
     - `starts`: the starting points.
     - `history`: ``(starts, checkpoints)`` nllh after each chunk of iterations (NaN once
@@ -188,8 +189,10 @@ def fit_petab(
       with the same settings and starts runs without compiling (a benchmark's warm-up).
 
     **Returns:** a `MultistartResult`. A start whose model cannot be integrated at its
-    starting point is marked ``"failed_at_start"``; one that fails later keeps its last
-    good parameters (failed steps are rejected). No start stops the others.
+    starting point is marked ``"failed_at_start"``. Failed steps are rejected; a start
+    whose solve raises (a runtime error, not a result code) is marked ``"failed"`` and
+    keeps its last good parameters and their nllh (for the flow, its start). No start
+    stops the others.
 
     **Raises:** `ValueError` for a bad `method` or `batch_size`, or starts of the wrong
     shape.
@@ -213,7 +216,7 @@ def fit_petab(
     initial = np.asarray(runners["nllh"](jnp.asarray(x0, jnp.result_type(float))))
     alive = np.flatnonzero(np.isfinite(initial))
     final_x, final_nllh = x0.copy(), np.full(count, np.nan)
-    converged = np.zeros(count, bool)
+    converged, failed = np.zeros(count, bool), np.zeros(count, bool)
     history = np.full((count, 1), np.nan)
     sizes = ((_slot_count(alive.size, 8), _slot_count(alive.size, 1)) if batch_size == "auto"
              else (_slot_count(alive.size, batch_size),))
@@ -230,17 +233,21 @@ def fit_petab(
         return None
     if alive.size:
         fit_starts = _flow_in_groups if method == "flow" else _steps_in_batches
-        x, value, stationary, trace = fit_starts(
+        x, value, stationary, trace, raised = fit_starts(
             runners, x0[alive], chooser, iterations=iterations, chunk=chunk, s1=s1,
             gtol=gtol, progress=progress, began=began)
+        # A start that raised in its first chunk (or, for the flow, at all) is at its
+        # start, whose nllh is known.
+        value = np.where(raised & ~np.isfinite(value), initial[alive], value)
         final_x[alive], final_nllh[alive], converged[alive] = x, value, stationary
+        failed[alive] = raised | ~np.isfinite(value)
         history = np.full((count, trace.shape[1]), np.nan)
         history[alive] = trace
     status = []
     for i in range(count):
         if not np.isfinite(initial[i]):
             status.append("failed_at_start")
-        elif not np.isfinite(final_nllh[i]):
+        elif failed[i]:
             status.append("failed")
         else:
             status.append("converged" if converged[i] else "max_iterations")
@@ -349,8 +356,9 @@ def _call(runners, name, *args):
 
 def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
     """The flow for the starts `x0`, in groups of the size `chooser` picks.
-    **Returns:** final x, nllh, a converged flag and the nllh history
-    ``(starts, checkpoints)``."""
+    **Returns:** final x, nllh, a converged flag, the nllh history
+    ``(starts, checkpoints)`` and a failed flag (such a start is returned at its start,
+    with a NaN nllh)."""
     parts, first = [], 0
     while first < x0.shape[0]:
         slots = chooser.next()
@@ -373,7 +381,8 @@ def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
             print(f"  flow: {first}/{x0.shape[0]} starts done, batch {slots}, "
                   f"{time.perf_counter() - began:.0f} s", flush=True)
     x, value, norm2, trace = (np.concatenate(a) for a in zip(*parts))
-    return x, value, norm2 < gtol, trace
+    failed = ~np.isfinite(value)
+    return np.where(failed[:, None], x0, x), value, (norm2 < gtol) & ~failed, trace, failed
 
 
 def _fresh_states(runners, x, count):
@@ -427,7 +436,7 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress
         for store, leaf in zip(jax.tree.leaves(states), jax.tree.leaves(state)):
             store[ids] = np.asarray(leaf)[live]
         broken[ids] |= raised[live]
-        value = np.where(broken[ids], np.nan, np.asarray(value)[live])
+        value = np.where(broken[ids], values[ids], np.asarray(value)[live])
         values[ids] = value
         done[ids] += chunk
         for i, v in zip(ids, value):
@@ -447,7 +456,7 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress
     history = np.full((count, max(map(len, traces))), np.nan)
     for i, trace in enumerate(traces):
         history[i, :len(trace)] = trace
-    return xs, values, converged & ~broken, history
+    return xs, values, converged & ~broken, history, broken
 
 
 def _flow_one_by_one(runners, x_batch):
@@ -467,7 +476,7 @@ def _flow_one_by_one(runners, x_batch):
 
 def _chunk_one_by_one(run, x, state, broken):
     """One chunk for every start on its own; a start that raises keeps its parameters
-    and is marked broken (NaN nllh) for the rest of the fit."""
+    and is marked broken (a NaN nllh here) for the rest of the fit."""
     xs, states, values = [], [], []
     for i in range(x.shape[0]):
         xi, si = x[i:i + 1], jax.tree.map(lambda leaf, i=i: leaf[i:i + 1], state)

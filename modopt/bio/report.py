@@ -62,7 +62,7 @@ def _plots(problem, fit, out, best, reference_nllh):
     ax.axhline(3.0, color="grey", ls="--", lw=0.8, label="within 2 of the best")
     ax.set_xlabel("start (sorted)")
     ax.set_ylabel(f"nllh - {floor:.3f} + 1")
-    failed = int(np.sum(~np.isfinite(fit.nllh)))
+    failed = sum(status.startswith("failed") for status in fit.status)
     ax.set_title(f"{problem.yaml_path.stem}: {fit.method}, {len(fit.nllh)} starts"
                  + (f" ({failed} failed)" if failed else ""))
     ax.legend()
