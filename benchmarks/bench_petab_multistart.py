@@ -62,13 +62,20 @@ def _problem_path(name):
 
 
 def run_modopt(problem, starts, method, iterations):
-    from modopt.bio import fit_petab
+    """`method`: "steps" or "flow" (with `PlateauEscape`, the default), or
+    "steps-local" or "flow-local" (``escape=None``: where the local method ends)."""
+    from modopt.bio import PlateauEscape, fit_petab
 
-    fit_petab(problem, starts, method=method, iterations=iterations, compile_only=True)
-    fit = fit_petab(problem, starts, method=method, iterations=iterations, progress=False)
+    base, _, local = method.partition("-")
+    options = dict(method=base, iterations=iterations,
+                   escape=None if local else PlateauEscape())
+    fit_petab(problem, starts, compile_only=True, **options)
+    fit = fit_petab(problem, starts, progress=False, **options)
     # A start whose solve raised keeps its last good nllh, so failures come from the status.
     return (fit.nllh, [s == "converged" for s in fit.status],
-            [s.startswith("failed") for s in fit.status], fit.wall_time_s)
+            [s.startswith("failed") for s in fit.status], fit.wall_time_s,
+            {"restarted": int(np.count_nonzero(fit.info["escapes"])),
+             "escape_time_s": fit.info["escape_time_s"]})
 
 
 def _jitted_objective(problem, x):
@@ -158,7 +165,9 @@ def main():
                                                            "Perelson", "Rahman", "Elowitz"])
     parser.add_argument("--starts", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--methods", nargs="*", default=["steps", "trf", "flow"])
+    parser.add_argument("--methods", nargs="*", default=["steps", "trf", "flow"],
+                        help="steps, flow, steps-local, flow-local (no plateau escape), "
+                             "trf, fides")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     configure_threads(None)
@@ -179,16 +188,17 @@ def main():
             if method in PEERS:
                 values, converged, failed, seconds = PEERS[method](problem, starts,
                                                                    args.iterations)
+                extra = {}
             else:
-                values, converged, failed, seconds = run_modopt(problem, starts, method,
-                                                                args.iterations)
-            print(f"{name} {method}: best {np.nanmin(values):.3f}, {seconds:.0f} s",
+                values, converged, failed, seconds, extra = run_modopt(
+                    problem, starts, method, args.iterations)
+            print(f"{name} {method}: best {np.nanmin(values):.3f}, {seconds:.0f} s {extra}",
                   flush=True)
             runs[(name, method)] = {
                 "problem": name, "method": method, "wall_time_s": float(seconds),
                 "nllh": [None if not np.isfinite(v) else float(v) for v in values],
                 "converged": [bool(c) for c in converged],
-                "failed": [bool(f) for f in failed]}
+                "failed": [bool(f) for f in failed], **extra}
             report(runs, commands, args)  # after every run: a long benchmark keeps its results
 
 
@@ -234,6 +244,7 @@ def summarise(runs):
                 "converged_per_min": 60 * float(converged.sum()) / seconds,
                 "within_2_per_min": 60 * float(within.sum()) / seconds,
                 "reference_converged_per_min": PROBLEMS[name]["reference_per_min"],
+                "restarted": run.get("restarted"), "escape_time_s": run.get("escape_time_s"),
             })
     return rows
 
@@ -243,17 +254,20 @@ def report(runs, commands, args):
     rows = summarise(runs)
     header = ["problem", "method", "starts", "best nllh", "within 2 of best",
               "published (within 2)", "converged", "failed", "wall s", "converged/min",
-              "within-2/min", "reference conv./min"]
+              "within-2/min", "reference conv./min", "restarted (escape s)"]
     table = markdown_table(header, [[
         r["problem"].split("_")[0], r["method"], r["starts"], f"{r['best_nllh']:.3f}",
         f"{100 * r['fraction_within_2']:.0f} %", r["published_fraction_within_2"],
         r["converged"], r["failed"], f"{r['wall_time_s']:.0f}",
         f"{r['converged_per_min']:.2f}", f"{r['within_2_per_min']:.2f}",
-        r["reference_converged_per_min"]] for r in rows])
+        r["reference_converged_per_min"],
+        "" if r["restarted"] is None else f"{r['restarted']} ({r['escape_time_s']:.0f})"]
+        for r in rows])
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
             "modopt": ("fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, "
-                       "Coleman-Li box"),
+                       "Coleman-Li box, PlateauEscape (points 17, null_tolerance 1e-6, "
+                       "min_gain 1, rounds 2); '-local': escape=None"),
             "fides": "fides 0.8.0, Fisher-information Hessian, maxiter = iterations",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
@@ -264,7 +278,10 @@ def report(runs, commands, args):
                 "value (or of the best any method found, when that is lower or unknown). "
                 "'converged': the method's own criterion (modopt: Fisher-metric gradient "
                 "norm below gtol or no progress over a chunk; trf: scipy's status > 0; "
-                "fides: its exit flag > 0). "
+                "fides: its exit flag > 0). steps and flow scan the flat directions of "
+                "the Fisher metric where a start ends and fit again from a lower point "
+                "(`modopt.bio.PlateauEscape`); steps-local and flow-local end where the "
+                "local method ends. "
                 "A row is from the last command above that names its problem and method.\n")
     write_results("petab_multistart", rows, meta, markdown)
     path = ROOT / "benchmarks/results/petab_multistart.json"

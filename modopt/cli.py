@@ -136,7 +136,7 @@ def _fit_petab(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from .bio import PetabError, SBMLError, load_petab
+    from .bio import PetabError, PlateauEscape, SBMLError, load_petab
     from .bio.fit import fit_petab
     from .bio.report import write_fit_report
 
@@ -151,7 +151,7 @@ def _fit_petab(args) -> int:
     result = fit_petab(problem, args.starts, method=args.method, iterations=args.iterations,
                        mass=args.mass, max_step=args.max_step or None,
                        batch_size=args.batch_size if args.batch_size != 0 else None,
-                       seed=args.seed)
+                       escape=None if args.no_escape else PlateauEscape(), seed=args.seed)
     out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
     summary = write_fit_report(problem, result, out, args.reference_nllh)
     print(f"best nllh {summary['best_nllh']:.4f}; within 2 of the best: "
@@ -185,6 +185,9 @@ def main(argv=None) -> int:
     fit.add_argument("--batch-size", type=_batch_size, default="auto",
                      help="starts run at once as one batch: a number, 0 for all, or 'auto' "
                      "(the default: one per device or 8, whichever is faster per start)")
+    fit.add_argument("--no-escape", action="store_true",
+                     help="end where the local method ends (default: scan the flat "
+                     "directions of the Fisher metric and fit again from a lower point)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube")
     fit.add_argument("--rtol", type=float, default=1e-6, help="ODE relative tolerance")
     fit.add_argument("--atol", type=float, default=1e-8, help="ODE absolute tolerance")

@@ -26,7 +26,8 @@ def test_fit_petab_command_shards_starts_marks_blow_ups_and_finds_the_published_
     env = dict(os.environ, XLA_FLAGS="")
     run = subprocess.run(
         [sys.executable, "-m", "modopt.cli", "fit-petab", str(PERELSON), "--starts", "8",
-         "--iterations", "40", "--devices", "4", "--batch-size", "4", "--out", str(tmp_path)],
+         "--iterations", "40", "--devices", "4", "--batch-size", "4", "--max-steps", "100",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "4 device(s)" in run.stdout
@@ -34,8 +35,9 @@ def test_fit_petab_command_shards_starts_marks_blow_ups_and_finds_the_published_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["devices"] == 4
     assert abs(summary["best_nllh"] - 222.28) < 0.01, summary
-    # Latin-hypercube start 2 (seed 0) has c and delta ~1e4: the ODE cannot be integrated
-    # there. It is marked, and the other starts run to the end.
+    # Latin-hypercube start 2 (seed 0) has c and delta ~1e4: the ODE is so stiff there
+    # that the solver hits its 100-step limit (a result code, not NaN parameters). It is
+    # marked, and the other starts run to the end.
     assert summary["status_counts"].get("failed_at_start", 0) >= 1, summary
     assert sum(summary["status_counts"].values()) == 8
     for name in ("starts.csv", "starts.md", "waterfall.png", "best_fit.png"):
@@ -48,6 +50,28 @@ def test_fit_petab_rejects_bad_arguments():
         fit_petab(problem, 2, method="newton")
     with pytest.raises(ValueError, match=r"starts must have shape \(n, 3\)"):
         fit_petab(problem, np.zeros((2, 4)))
+
+
+def test_fit_runners_are_kept_on_the_problem_rebuilt_for_new_bounds_and_freed_with_it():
+    import gc
+    import weakref
+
+    from modopt.bio.fit import _runners
+
+    def build_and_drop():
+        # In a helper, so that no frame of the test (whose locals pytest or JAX may
+        # snapshot) still holds the problem after it returns.
+        problem = load_petab(PERELSON)
+        settings = ("steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6)
+        first = _runners(problem, *settings)
+        assert _runners(problem, *settings) is first
+        problem.upper = np.asarray(problem.upper, float) - 0.1
+        assert _runners(problem, *settings) is not first
+        return weakref.ref(problem)
+
+    held = build_and_drop()
+    gc.collect()
+    assert held() is None
 
 
 def test_repressilator_parameters_are_recovered_from_protein_traces():
