@@ -192,8 +192,8 @@ def fit_petab(
     - `escape`: where a start has converged, scan the flat directions of its Fisher
       metric (a rate so fast that the data no longer depend on it) and fit again from
       the best point when it is lower (`PlateauEscape`); ``None`` to end where the local
-      method ends. On Bruno (100 starts) it takes the share within 2 of the best from 64 % to
-      98 %.
+      method ends. On Bruno (100 starts) it takes the share within 2 of the best from
+      64 % to 100 %.
     - `progress`: print a line per chunk.
     - `compile_only`: only compile for these starts and return ``None``; the next fit
       with the same settings and starts runs without compiling (a benchmark's warm-up).
