@@ -256,12 +256,12 @@ def fit_petab(
         # A start that raised in its first chunk (or, for the flow, at all) is at its
         # start, whose nllh is known.
         value = np.where(raised & ~np.isfinite(value), initial[alive], value)
-        escape_began = time.perf_counter()
         if escape is not None:
+            escape_began = time.perf_counter()
             x, value, stationary, trace, raised, escapes[alive] = _escape_plateaus(
                 escape, runners, problem, fit_starts, x, value, stationary, trace, raised,
                 progress)
-        escape_seconds = time.perf_counter() - escape_began
+            escape_seconds = time.perf_counter() - escape_began
         final_x[alive], final_nllh[alive], converged[alive] = x, value, stationary
         failed[alive] = raised | ~np.isfinite(value)
         history = np.full((count, trace.shape[1]), np.nan)
