@@ -8,13 +8,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from ._blocks import block_diagonal, partition, resolve_mass
-from ._module import forced_sensitivities, has_auto_systems, resolve_sensitivity
+from ._module import forced_sensitivities, has_auto_systems
 from .jacobian import (
     AbstractJacobian,
     AutoJacobian,
     compute_pullback,
+    forward_jacobian,
     linear_paths,
     pullback_mode,
 )
@@ -126,31 +128,30 @@ def riemannian_direction(
     value_shape = jax.eval_shape(loss_of, params)[0].shape
     if value_shape != ():
         raise ValueError(f"loss_fn must return a scalar, got shape {value_shape}.")
+    part = partition(model, blocks)
+    forward_jac = None
     if _gradient_by_forward_mode(model, jacobian, leaves, inputs):
         # Dynamical-system modules in forward mode (forced, or chosen because the
-        # parameters are few): n JVPs give the gradient, and no reverse pass through the
-        # solver is needed (it may not exist, or may be NaN where forward mode is not).
-        forward_params, forward_static = eqx.partition(
-            resolve_sensitivity(model, "forward"), eqx.is_inexact_array)
-
-        def loss_twice(p):
-            predictions = jax.vmap(eqx.combine(p, forward_static))(inputs)
-            value = loss_fn(predictions, targets)
-            return value, (value, predictions)
-
-        gradient, (value, predictions) = jax.jacfwd(loss_twice, has_aux=True)(forward_params)
-        # Back to the structure of the user's model (its modules say "auto").
-        gradient = jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(gradient))
+        # parameters are few): n JVPs give the Jacobian, the gradient is J^T dloss/dy and
+        # the pullback below reuses J; no reverse pass through the solver is needed (it
+        # may not exist, or may be NaN where forward mode is not).
+        predictions, forward_jac = forward_jacobian(params, static, inputs, part,
+                                                    jacobian.chunk_size)
+        value, loss_grad = jax.value_and_grad(loss_fn)(predictions, targets)
+        flat_loss_grad = jax.vmap(lambda y: ravel_pytree(y)[0])(loss_grad)  # (batch, p)
+        theta_grad = jnp.einsum("nbp,bp->n", forward_jac, flat_loss_grad)
+        splits = [int(s) for s in np.cumsum(part.sizes)[:-1]]
+        gradient = part.unravel(jnp.split(theta_grad, splits))
     else:
         (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)
-    part = partition(model, blocks)
     masses = [[m * mass_scale for m in block] for block in resolve_mass(model, mass, part, dtype)]
     if box is not None:
         masses = [[(m + jnp.abs(g)) / v for m, g, v in zip(*block)] for block in zip(
             masses, part.split(gradient), part.split(box.distance(params, gradient)))]
     structured = _structured_blocks(model, part, masses)
-    pull = compute_pullback(model, inputs, factor, part, structured, jacobian)
+    pull = compute_pullback(model, inputs, factor, part, structured, jacobian,
+                            forward_jac=forward_jac)
 
     grads = part.split(gradient)
     flat_grads = part.ravel(gradient)

@@ -117,9 +117,12 @@ class Pullback(eqx.Module):
 
 
 def compute_pullback(
-    model, inputs, factor, part, structured: dict, jacobian: AbstractJacobian
+    model, inputs, factor, part, structured: dict, jacobian: AbstractJacobian,
+    forward_jac=None,
 ) -> Pullback:
-    """`Pullback` for every block; `structured` maps a block to ``(path, Linear)``."""
+    """`Pullback` for every block; `structured` maps a block to ``(path, Linear)``.
+    `forward_jac`: the Jacobian of `forward_jacobian`, if already computed; used when
+    the mode is forward instead of a second pass."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     num_params = sum(part.sizes)
     if isinstance(factor, SampleFactor):
@@ -128,7 +131,9 @@ def compute_pullback(
         rows_per_pass = factor.matrix.shape[0]
     mode = pullback_mode(model, jacobian, num_params, rows_per_pass)
     if mode == "forward":
-        return _forward(params, static, inputs, factor, part, jacobian.chunk_size)
+        if forward_jac is None:
+            _, forward_jac = forward_jacobian(params, static, inputs, part, jacobian.chunk_size)
+        return _pullback_of_jacobian(forward_jac, factor, part)
     taps = structured if mode == "structured" else {}
     return _reverse(params, static, inputs, factor, part, taps, jacobian.chunk_size)
 
@@ -159,27 +164,38 @@ def pullback_mode(model, jacobian: AbstractJacobian, num_params: int, rows_per_p
     return mode
 
 
-def _forward(params, static, inputs, factor, part, chunk_size):
-    vectors = part.ravel(params)
-    theta = jnp.concatenate(vectors)
+def forward_jacobian(params, static, inputs, part, chunk_size):
+    """The model's batched outputs and their Jacobian in all parameters, by one JVP per
+    parameter (modules in forward sensitivity mode).
+
+    **Returns:** ``(predictions, jac)``: `predictions` as ``jax.vmap(model)(inputs)``,
+    `jac` of shape ``(n, batch, p)`` (``p`` the flattened output of one sample, the
+    parameters in the order of ``part.ravel``).
+    """
+    theta = jnp.concatenate(part.ravel(params))
     splits = [int(s) for s in np.cumsum(part.sizes)[:-1]]
 
     def batch_output(theta):
         p = part.unravel(jnp.split(theta, splits))
-        model = resolve_sensitivity(eqx.combine(p, static), "forward")
-        return jax.vmap(lambda x: _flat(model(x)))(inputs)  # (batch, p)
+        return jax.vmap(resolve_sensitivity(eqx.combine(p, static), "forward"))(inputs)
 
     def column(j):
         tangent = jax.nn.one_hot(j, theta.size, dtype=theta.dtype)
-        return jax.jvp(batch_output, (theta,), (tangent,))[1]
+        outputs, tangents = jax.jvp(batch_output, (theta,), (tangent,))
+        return outputs, jax.vmap(_flat)(tangents)
 
-    jac = _map(column, jnp.arange(theta.size), chunk_size)  # (n, batch, p)
+    # The outputs do not depend on the tangent: under vmap they are computed once.
+    outputs, jac = _map(column, jnp.arange(theta.size), chunk_size)  # jac: (n, batch, p)
+    return jax.tree.map(lambda leaf: leaf[0], outputs), jac
+
+
+def _pullback_of_jacobian(jac, factor, part):
+    n = jac.shape[0]
     if isinstance(factor, SampleFactor):
-        k = jnp.einsum("bqp,nbp->bqn", factor.rows, jac)
-        k = k.reshape(-1, theta.size)
+        k = jnp.einsum("bqp,nbp->bqn", factor.rows, jac).reshape(-1, n)
     else:
-        k = factor.matrix @ jac.reshape(theta.size, -1).T
-    dense = jnp.split(k, splits, axis=1)
+        k = factor.matrix @ jac.reshape(n, -1).T
+    dense = jnp.split(k, [int(s) for s in np.cumsum(part.sizes)[:-1]], axis=1)
     none = [None] * len(dense)
     return Pullback(dense=dense, delta=none, inputs=list(none))
 
