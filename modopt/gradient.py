@@ -110,6 +110,32 @@ def riemannian_direction(
     (the adaptive damping of `RiemannianSteps`). `box`: a `modopt.Box`, whose scaling
     turns the scaled mass ``D`` into ``(D + |g|) / v`` (see `Box`).
     """
+    value, gradient, predictions, solve = linearise(
+        model, loss_fn, inputs, targets, output_metric=output_metric, mass=mass,
+        jacobian=jacobian, solver=solver, blocks=blocks, box=box)
+    return Direction(value=value, gradient=gradient, direction=solve(mass_scale),
+                     predictions=predictions)
+
+
+def linearise(
+    model,
+    loss_fn: Callable,
+    inputs,
+    targets,
+    *,
+    output_metric: AbstractOutputMetric,
+    mass,
+    jacobian: AbstractJacobian = AutoJacobian(),
+    solver: AbstractBlockSolver = AutoSolve(),
+    blocks=None,
+    box=None,
+):
+    """The one pass of `riemannian_direction` through the model, and its solve.
+
+    **Returns:** ``(value, gradient, predictions, solve)``; ``solve(mass_scale)`` is the
+    direction ``u`` for that multiplier of the mass, from the same Jacobian (so that a
+    rejected step can be retried with more mass without another pass).
+    """
     if not isinstance(output_metric, AbstractOutputMetric):
         raise TypeError(
             "output_metric must be a modopt.metrics metric (Identity(), Diagonal(w), "
@@ -145,39 +171,46 @@ def riemannian_direction(
     else:
         (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)
-    masses = [[m * mass_scale for m in block] for block in resolve_mass(model, mass, part, dtype)]
-    if box is not None:
-        masses = [[(m + jnp.abs(g)) / v for m, g, v in zip(*block)] for block in zip(
-            masses, part.split(gradient), part.split(box.distance(params, gradient)))]
-    structured = _structured_blocks(model, part, masses)
+    base_masses = resolve_mass(model, mass, part, dtype)
+    # The box makes every mass a full array, which the structured (Gram) path does not take.
+    structured = {} if box is not None else _structured_blocks(model, part, base_masses)
     pull = compute_pullback(model, inputs, factor, part, structured, jacobian,
                             forward_jac=forward_jac)
-
     grads = part.split(gradient)
     flat_grads = part.ravel(gradient)
-    directions = []
-    for b, members in enumerate(part.members):
-        shapes = [part.shapes[i] for i in members]
-        if pull.delta[b] is not None:
-            delta, x = pull.delta[b], pull.inputs[b]
-            _, linear = structured[b]
-            has_bias = linear.bias is not None
-            rows = delta.shape[0] * delta.shape[1]
-            if solver.use_dual(rows, part.sizes[b]):
-                u_w, u_b = gram_woodbury_solve(
-                    delta, x, grads[b][0], grads[b][1] if has_bias else None,
-                    masses[b][0], masses[b][-1],
-                )
-                directions.append(jnp.concatenate([u_w.reshape(-1)] + ([u_b] if has_bias else [])))
-                continue
-            k = _per_sample_linear_matrix(delta, x, has_bias)
-        else:
-            k = pull.dense[b]
-        dinv = 1 / block_diagonal(masses[b], shapes)
-        solve = woodbury_solve if solver.use_dual(k.shape[0], part.sizes[b]) else primal_solve
-        directions.append(solve(k, flat_grads[b], dinv))
-    direction = part.unravel(directions)
-    return Direction(value=value, gradient=gradient, direction=direction, predictions=predictions)
+    distances = None if box is None else part.split(box.distance(params, gradient))
+
+    def solve(mass_scale):
+        masses = [[m * mass_scale for m in block] for block in base_masses]
+        if box is not None:
+            masses = [[(m + jnp.abs(g)) / v for m, g, v in zip(*block)]
+                      for block in zip(masses, grads, distances)]
+        directions = []
+        for b, members in enumerate(part.members):
+            shapes = [part.shapes[i] for i in members]
+            if pull.delta[b] is not None:
+                delta, x = pull.delta[b], pull.inputs[b]
+                _, linear = structured[b]
+                has_bias = linear.bias is not None
+                rows = delta.shape[0] * delta.shape[1]
+                if solver.use_dual(rows, part.sizes[b]):
+                    u_w, u_b = gram_woodbury_solve(
+                        delta, x, grads[b][0], grads[b][1] if has_bias else None,
+                        masses[b][0], masses[b][-1],
+                    )
+                    directions.append(
+                        jnp.concatenate([u_w.reshape(-1)] + ([u_b] if has_bias else [])))
+                    continue
+                k = _per_sample_linear_matrix(delta, x, has_bias)
+            else:
+                k = pull.dense[b]
+            dinv = 1 / block_diagonal(masses[b], shapes)
+            use_dual = solver.use_dual(k.shape[0], part.sizes[b])
+            directions.append((woodbury_solve if use_dual else primal_solve)(
+                k, flat_grads[b], dinv))
+        return part.unravel(directions)
+
+    return value, gradient, predictions, solve
 
 
 def riemannian_gradient(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._results import RESULTS
 from .bounds import Box
-from .gradient import riemannian_direction
+from .gradient import linearise
 from .jacobian import AbstractJacobian, AutoJacobian
 from .linalg import AbstractBlockSolver, AutoSolve
 from .metrics import AbstractOutputMetric
@@ -20,16 +20,24 @@ class AdaptiveMass(eqx.Module):
     """Levenberg-Marquardt-style mass: after a step the loss is evaluated again; the
     step is accepted if the loss did not rise (mass ``*= decrease``) and rejected
     otherwise (mass ``*= increase``, parameters unchanged). The multiplier stays in
-    ``[min_scale, max_scale]``."""
+    ``[min_scale, max_scale]``.
+
+    `retries`: after a rejected step, try again up to this many times within the same
+    update, each time with the mass raised by `increase`, from the same Jacobian (one
+    loss evaluation and one solve each, no pass through the model's derivatives). An
+    update is rejected only when all its tries are."""
 
     increase: float = 4.0
     decrease: float = 0.5
     min_scale: float = 1e-6
     max_scale: float = 1e8
+    retries: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if not (self.increase > 1 and 0 < self.decrease < 1):
             raise ValueError("AdaptiveMass needs increase > 1 and 0 < decrease < 1.")
+        if not (isinstance(self.retries, int) and self.retries >= 0):
+            raise ValueError(f"AdaptiveMass: retries must be an int >= 0, got {self.retries!r}.")
 
 
 class StepState(eqx.Module):
@@ -109,46 +117,70 @@ class RiemannianSteps(eqx.Module):
 
     def update(self, model, state: StepState, loss_fn: Callable, inputs, targets):
         """One step. **Returns:** ``(updates, state)``; apply with ``eqx.apply_updates``."""
-        d = riemannian_direction(
+        value, gradient, _, solve = linearise(
             model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=self.mass,
-            jacobian=self.jacobian, solver=self.solver, mass_scale=state.mass_scale,
-            box=self.box,
+            jacobian=self.jacobian, solver=self.solver, box=self.box,
         )
-        updates = jax.tree.map(lambda u: -self.learning_rate * u, d.direction)
-        capped = jnp.array(False)
         params = eqx.filter(model, eqx.is_inexact_array)
-        if self.max_norm is not None:
-            distance = (jax.tree.map(jnp.ones_like, updates) if self.box is None
-                        else self.box.distance(params, d.gradient))
-            norm = jnp.sqrt(sum(jnp.sum(u**2 / v) for u, v in
-                                zip(jax.tree.leaves(updates), jax.tree.leaves(distance))))
-            capped = norm > self.max_norm
-            shrink = jnp.where(capped, self.max_norm / jnp.where(capped, norm, 1), 1)
-            updates = jax.tree.map(lambda u: (u * shrink).astype(u.dtype), updates)
-        if self.box is not None:
-            updates = jax.tree.map(lambda new, w: (new - w).astype(w.dtype),
-                                   self.box.clip(eqx.apply_updates(params, updates)), params)
-        ok = d.is_finite
+        distance = (None if self.max_norm is None or self.box is None
+                    else self.box.distance(params, gradient))
+
+        def attempt(scale):
+            direction = solve(scale)
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                        for x in jax.tree.leaves((value, direction))]))
+            norm2 = sum(jax.tree.leaves(jax.tree.map(lambda g, u: jnp.sum(g * u),
+                                                     gradient, direction)))
+            updates = jax.tree.map(lambda u: -self.learning_rate * u, direction)
+            capped = jnp.array(False)
+            if self.max_norm is not None:
+                v = jax.tree.map(jnp.ones_like, updates) if distance is None else distance
+                norm = jnp.sqrt(sum(jnp.sum(u**2 / w) for u, w in
+                                    zip(jax.tree.leaves(updates), jax.tree.leaves(v))))
+                capped = norm > self.max_norm
+                shrink = jnp.where(capped, self.max_norm / jnp.where(capped, norm, 1), 1)
+                updates = jax.tree.map(lambda u: (u * shrink).astype(u.dtype), updates)
+            if self.box is not None:
+                updates = jax.tree.map(lambda new, w: (new - w).astype(w.dtype),
+                                       self.box.clip(eqx.apply_updates(params, updates)),
+                                       params)
+            ok = finite
+            if self.adaptive_mass is not None:
+                new_value = loss_fn(jax.vmap(eqx.apply_updates(model, updates))(inputs),
+                                    targets)
+                ok = ok & jnp.isfinite(new_value) & (new_value <= value)
+            return updates, norm2, finite, capped, ok
+
         scale = state.mass_scale
-        if self.adaptive_mass is not None:
-            trial = eqx.apply_updates(model, updates)
-            new_value = loss_fn(jax.vmap(trial)(inputs), targets)
-            improved = jnp.isfinite(new_value) & (new_value <= d.value)
-            ok = ok & improved
-            a = self.adaptive_mass
-            scale = jnp.clip(
-                jnp.where(ok, jnp.where(capped, scale, scale * a.decrease), scale * a.increase),
-                a.min_scale, a.max_scale,
-            ).astype(scale.dtype)
+        updates, norm2, finite, capped, ok = attempt(scale)
+        a = self.adaptive_mass
+        if a is not None:
+            def raise_(scale):
+                return jnp.clip(scale * a.increase, a.min_scale, a.max_scale).astype(scale.dtype)
+
+            if a.retries:
+                def retrying(carry):
+                    tries, scale, *_, ok = carry
+                    return (tries < a.retries) & ~ok & jnp.isfinite(value) & (scale < a.max_scale)
+
+                def retry(carry):
+                    tries, scale, *_ = carry
+                    scale = raise_(scale)
+                    return (tries + 1, scale, *attempt(scale))
+
+                _, scale, updates, norm2, finite, capped, ok = jax.lax.while_loop(
+                    retrying, retry, (jnp.zeros((), jnp.int32), scale, updates, norm2, finite,
+                                      capped, ok))
+            decreased = jnp.maximum(scale * a.decrease, a.min_scale).astype(scale.dtype)
+            scale = jnp.where(ok, jnp.where(capped, scale, decreased), raise_(scale))
         updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
-        nonfinite = ~d.is_finite
         state = StepState(
             mass_scale=scale,
-            value=d.value,
-            riemannian_norm2=d.riemannian_norm2,
-            gradient=d.gradient,
+            value=value,
+            riemannian_norm2=norm2,
+            gradient=gradient,
             accepted=ok,
-            result=RESULTS.where(nonfinite, RESULTS.nonfinite_step, RESULTS.successful),
+            result=RESULTS.where(~finite, RESULTS.nonfinite_step, RESULTS.successful),
             count=state.count + 1,
         )
         return updates, state

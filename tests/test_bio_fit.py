@@ -50,6 +50,8 @@ def test_fit_petab_rejects_bad_arguments():
         fit_petab(problem, 2, method="newton")
     with pytest.raises(ValueError, match=r"starts must have shape \(n, 3\)"):
         fit_petab(problem, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="retries must be an int >= 0"):
+        fit_petab(problem, 2, retries=-1)
 
 
 def test_fit_runners_are_kept_on_the_problem_rebuilt_for_new_bounds_and_freed_with_it():
