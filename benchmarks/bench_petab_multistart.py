@@ -266,7 +266,7 @@ def report(runs, commands, args):
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
             "modopt": ("fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, "
-                       "Coleman-Li box, PlateauEscape (points 17, null_tolerance 1e-6, "
+                       "retries 0, Coleman-Li box, PlateauEscape (points 17, null_tolerance 1e-6, "
                        "min_gain 1, rounds 2); '-local': escape=None"),
             "fides": "fides 0.8.0, Fisher-information Hessian, maxiter = iterations",
             "seed": args.seed, **machine_info(np.float64)}
