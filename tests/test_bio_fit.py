@@ -64,7 +64,7 @@ def test_fit_runners_are_kept_on_the_problem_rebuilt_for_new_bounds_and_freed_wi
         # In a helper, so that no frame of the test (whose locals pytest or JAX may
         # snapshot) still holds the problem after it returns.
         problem = load_petab(PERELSON)
-        settings = ("steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6)
+        settings = ("steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6, 0)
         first = _runners(problem, *settings)
         assert _runners(problem, *settings) is first
         problem.upper = np.asarray(problem.upper, float) - 0.1
@@ -104,9 +104,9 @@ def test_steps_end_at_a_first_order_point_on_a_bound_and_warm_up_without_running
     problem.upper[0] = unbounded.x[0, 0] - 0.3
     start[0, 0] = problem.upper[0] - 0.5
     fit_petab(problem, start, iterations=200, compile_only=True)
-    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6)["compiled"])
+    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6, 0)["compiled"])
     fit = fit_petab(problem, start, iterations=200, progress=False)
-    assert _runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6)["compiled"] == compiled
+    assert _runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6, 0)["compiled"] == compiled
 
     x = fit.x[0]
     assert fit.status == ["converged"]
@@ -187,7 +187,7 @@ def test_a_start_of_the_steps_that_meets_gtol_stops_inside_its_chunk():
     gtol and the mass not raised, while a far start in the same batch runs every
     iteration of every chunk."""
     problem = load_petab(PERELSON)
-    runners = fit_module._runners(problem, "steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6)
+    runners = fit_module._runners(problem, "steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6, 0)
     x = np.stack([np.asarray(problem.x_nominal), np.asarray(problem.x_nominal) + 1.5])
     state = fit_module._fresh_states(runners, x, 2)
     for _ in range(5):
