@@ -78,6 +78,14 @@ class BlockPartition(eqx.Module):
             )
         return out
 
+    def block_starts(self) -> list[int]:
+        """Where blocks 2, 3, ... begin in the concatenation of `ravel`'s vectors."""
+        return [int(s) for s in np.cumsum(self.sizes)[:-1]]
+
+    def unravel_concatenated(self, theta) -> Any:
+        """Inverse of ``jnp.concatenate(ravel(tree))``."""
+        return self.unravel(jnp.split(theta, self.block_starts()))
+
     def unravel(self, vectors) -> Any:
         """Inverse of `ravel` (no leading axes)."""
         leaves = [None] * len(self.shapes)

@@ -166,8 +166,7 @@ def linearise(
         value, loss_grad = jax.value_and_grad(loss_fn)(predictions, targets)
         flat_loss_grad = jax.vmap(lambda y: ravel_pytree(y)[0])(loss_grad)  # (batch, p)
         theta_grad = jnp.einsum("nbp,bp->n", forward_jac, flat_loss_grad)
-        splits = [int(s) for s in np.cumsum(part.sizes)[:-1]]
-        gradient = part.unravel(jnp.split(theta_grad, splits))
+        gradient = part.unravel_concatenated(theta_grad)
     else:
         (value, predictions), gradient = jax.value_and_grad(loss_of, has_aux=True)(params)
     factor = output_metric.factor(predictions, targets, loss_fn)

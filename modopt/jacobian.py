@@ -21,7 +21,6 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._module import Linear, Parallel, Sequential, forced_sensitivities, resolve_sensitivity
@@ -173,10 +172,9 @@ def forward_jacobian(params, static, inputs, part, chunk_size):
     parameters in the order of ``part.ravel``).
     """
     theta = jnp.concatenate(part.ravel(params))
-    splits = [int(s) for s in np.cumsum(part.sizes)[:-1]]
 
     def batch_output(theta):
-        p = part.unravel(jnp.split(theta, splits))
+        p = part.unravel_concatenated(theta)
         return jax.vmap(resolve_sensitivity(eqx.combine(p, static), "forward"))(inputs)
 
     def column(j):
@@ -195,7 +193,7 @@ def _pullback_of_jacobian(jac, factor, part):
         k = jnp.einsum("bqp,nbp->bqn", factor.rows, jac).reshape(-1, n)
     else:
         k = factor.matrix @ jac.reshape(n, -1).T
-    dense = jnp.split(k, [int(s) for s in np.cumsum(part.sizes)[:-1]], axis=1)
+    dense = jnp.split(k, part.block_starts(), axis=1)
     none = [None] * len(dense)
     return Pullback(dense=dense, delta=none, inputs=list(none))
 
