@@ -211,3 +211,19 @@ def tree_rel_error(a, b) -> float:
         err = np.linalg.norm(x - y)
         worst = max(worst, err / denom if denom > 0 else err)
     return worst
+
+
+def assert_compiles_once_under_jit_and_vmaps(objective, x, rtol) -> None:
+    """`objective` inside the user's ``jit`` traces once for two values of `x` (and
+    gives two different results), and its ``vmap`` agrees with the single calls."""
+    traces = []
+
+    @jax.jit
+    def traced(x):
+        traces.append(1)
+        return objective(x)
+
+    a, b = traced(x), traced(x + 0.01)
+    assert len(traces) == 1 and a != b
+    np.testing.assert_allclose(jax.vmap(objective)(jnp.stack([x, x + 0.01])), [a, b],
+                               rtol=rtol)

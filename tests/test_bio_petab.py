@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import assert_compiles_once_under_jit_and_vmaps
 
 from modopt.bio import PetabError, load_petab
 from modopt.bio.likelihood import negative_log_likelihood
@@ -108,18 +109,8 @@ def test_nllh_gradient_matches_central_differences_and_residuals_sum_to_nllh():
 
 def test_objective_compiles_once_inside_the_users_jit_and_vmaps():
     problem = _boehm()
-    traces = []
-
-    @jax.jit
-    def objective(x):
-        traces.append(1)
-        return problem.nllh(x)
-
     x = jnp.asarray(problem.x_nominal)
-    a, b = objective(x), objective(x + 0.01)
-    assert len(traces) == 1 and a != b
-    batch = jax.vmap(problem.nllh)(jnp.stack([x, x + 0.01]))
-    np.testing.assert_allclose(batch, [a, b], rtol=1e-8)
+    assert_compiles_once_under_jit_and_vmaps(problem.nllh, x, rtol=1e-8)
 
 
 def _copy_case(tmp_path, case="0001"):

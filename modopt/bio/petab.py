@@ -25,6 +25,7 @@ the simulation condition sets.
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class _Observable:
     distribution: str
     formula: object  # compiled: (env dict of arrays) -> array
     noise: object
+    expression: object  # the sympy expressions of the formula and of the noise
+    noise_expression: object
     symbols: tuple[str, ...]
     noise_symbols: tuple[str, ...]
     rows: np.ndarray  # measurement rows of this observable
@@ -146,10 +149,115 @@ def _compile_formula(text: str, where: str):
     symbols = sorted(expression.free_symbols, key=lambda s: s.name)
     function = sympy.lambdify(symbols, expression, modules="jax")
     names = tuple(s.name for s in symbols)
-    return (lambda env: function(*(env[n] for n in names))), names
+    return (lambda env: function(*(env[n] for n in names))), names, expression
 
 
-class PetabProblem:
+class AbstractPetabObjective(abc.ABC):
+    """PEtab's objective, given the data and model outputs per observable (`_parts`).
+
+    Final subclasses: `PetabProblem` (all estimated parameters) and
+    `modopt.bio.ProfiledPetab` (scaling and noise parameters profiled out). They define
+    `x_ids`, `x_nominal`, `lower`, `upper`, `measurements`, `yaml_path` and
+    `_noise_is_estimated`; the methods here are pure functions of ``x`` (shape
+    ``(len(x_ids),)``, scaled) that work under ``jit``, ``vmap`` and forward-mode autodiff.
+    """
+
+    @abc.abstractmethod
+    def _parts(self, x) -> list:
+        """``[(observable, measurement, simulation, sigma), ...]``, one per observable
+        with measurements: the arrays over its measurement rows."""
+
+    def _evaluate(self, name, x):
+        x = self.x_nominal if x is None else x
+        compiled = self.__dict__.setdefault("_compiled", {})
+        function = compiled.get(name)
+        if function is None:
+            # One compiled function per quantity, reused for every x; inside a caller's
+            # jit it is inlined, so it never stages anything of its own there.
+            function = compiled[name] = jax.jit(getattr(self, f"_{name}"))
+        return function(jnp.asarray(x))
+
+    def nllh(self, x=None):
+        """PEtab's negative log-likelihood at scaled parameters `x` (default: nominal)."""
+        return self._evaluate("nllh", x)
+
+    def llh(self, x=None):
+        """``-nllh(x)``."""
+        return -self.nllh(x)
+
+    def chi2(self, x=None):
+        """``sum(((f(m) - f(h)) / sigma)^2)``, PEtab's chi2."""
+        return self._evaluate("chi2", x)
+
+    def simulations(self, x=None):
+        """The simulated observable per measurement row (PEtab's simulation table)."""
+        return self._evaluate("simulations", x)
+
+    def residuals(self, x=None):
+        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (see `_residuals`)."""
+        return self._evaluate("residuals", x)
+
+    def evaluate(self, x=None) -> dict:
+        """``{"nllh", "chi2", "simulations"}`` from one simulation (cheaper than three
+        calls)."""
+        return self._evaluate("summary", x)
+
+    def _summary(self, x):
+        nllh, chi2, simulations = 0.0, 0.0, jnp.zeros(self.measurements.shape)
+        for o, m, h, sigma in self._parts(x):
+            nllh = nllh + jnp.sum(negative_log_likelihood(m, h, sigma, o.transformation,
+                                                          o.distribution))
+            chi2 = chi2 + jnp.sum(_standardized(m, h, sigma, o.transformation) ** 2)
+            simulations = simulations.astype(h.dtype).at[o.rows].set(h)
+        return {"nllh": nllh, "chi2": chi2, "simulations": simulations}
+
+    # Each is the summary's part; under jit XLA drops the parts not asked for.
+    def _nllh(self, x):
+        return self._summary(x)["nllh"]
+
+    def _chi2(self, x):
+        return self._summary(x)["chi2"]
+
+    def _simulations(self, x):
+        return self._summary(x)["simulations"]
+
+    def _residual_parts(self, x, noise_term):
+        parts, noise = [], []
+        for o, m, h, sigma in self._parts(x):
+            z = _standardized(m, h, sigma, o.transformation)
+            if o.distribution == "laplace":
+                z = jnp.sign(z) * jnp.sqrt(2 * jnp.abs(z))
+            parts.append(z)
+            noise.append(noise_term(sigma))
+        return jnp.concatenate(parts + (noise if self._noise_is_estimated else []))
+
+    def _residuals(self, x):
+        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (the least-squares form).
+
+        One standardised residual ``z = (f(m) - f(h)) / sigma`` per measurement
+        (``sign(z) sqrt(2 |z|)`` for Laplace noise); when the noise depends on estimated
+        parameters, also one ``sqrt(2 log sigma + C)`` per measurement
+        (`SIGMA_RESIDUAL_OFFSET`), the trick AMICI uses for least-squares optimisers.
+        """
+        return self._residual_parts(
+            x, lambda sigma: jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
+
+    def _fisher_outputs(self, x):
+        """``z`` then, when the noise is estimated, ``sqrt(2) log sigma`` per measurement.
+
+        With ``nllh = 0.5 |z|^2 + sum(log sigma) + const``, the identity metric on these
+        outputs gives ``J^T J`` = the Fisher information of the observables plus
+        ``(2 + z^2)`` times that of ``log sigma`` (3 in expectation instead of 2): close to
+        the Fisher information, unlike the ``sqrt(2 log sigma + C)`` residual, whose
+        ``J^T J`` for the noise is about ``1 / C`` of it."""
+        return self._residual_parts(x, lambda sigma: math.sqrt(2.0) * jnp.log(sigma))
+
+    def residual_constant(self):
+        """``nllh(x) - 0.5 |residuals(x)|^2``, independent of ``x`` for normal noise."""
+        return float(self.nllh() - 0.5 * jnp.sum(self.residuals() ** 2))
+
+
+class PetabProblem(AbstractPetabObjective):
     """A PEtab problem as a JAX objective (made by `load_petab`).
 
     Attributes: `x_ids` (estimated parameters), `x_scales`, `lower`, `upper` and
@@ -301,7 +409,6 @@ class PetabProblem:
         self._observables = self._load_observables(problem, measurements, sources,
                                                    extra_columns, where)
         self._noise_is_estimated = self._estimated_noise(sources)
-        self._compiled = {}
 
     def _load_observables(self, problem, measurements, sources, extra_columns, where):
         petab = _petab()
@@ -325,10 +432,10 @@ class PetabProblem:
             if distribution not in DISTRIBUTIONS:
                 raise PetabError(f"{where}: observable {oid!r}: noiseDistribution "
                                  f"{distribution!r} is not one of {DISTRIBUTIONS}")
-            formula, symbols = _compile_formula(row["observableFormula"],
-                                                f"{where}: observable {oid!r}")
-            noise, noise_symbols = _compile_formula(row["noiseFormula"],
-                                                    f"{where}: noise of observable {oid!r}")
+            formula, symbols, expression = _compile_formula(
+                row["observableFormula"], f"{where}: observable {oid!r}")
+            noise, noise_symbols, noise_expression = _compile_formula(
+                row["noiseFormula"], f"{where}: noise of observable {oid!r}")
             placeholders = {}
             for column, prefix in (("observableParameters", "observableParameter"),
                                    ("noiseParameters", "noiseParameter")):
@@ -356,7 +463,8 @@ class PetabProblem:
                         "species, compartment, parameter or reaction, not in the parameter "
                         "or condition table, and not a placeholder of this observable")
             observables.append(_Observable(oid, transformation, distribution, formula, noise,
-                                           symbols, noise_symbols, rows, placeholders))
+                                           expression, noise_expression, symbols,
+                                           noise_symbols, rows, placeholders))
         return observables
 
     def _estimated_noise(self, sources) -> bool:
@@ -422,10 +530,17 @@ class PetabProblem:
 
         return jax.vmap(one)(params, overrides, start)
 
-    def _per_observable(self, x):
-        """Yield ``(observable, measurement, simulation, sigma)`` arrays per observable."""
+    def _parts(self, x):
+        return list(self._per_observable(x))
+
+    def _per_observable(self, x, values=None):
+        """Yield ``(observable, measurement, simulation, sigma)`` arrays per observable.
+
+        `values`: the simulation of every condition (`simulate_conditions`) when it is
+        already known, e.g. for parameters that only the observables use."""
         linear = self.linear_parameters(x)
-        values, _ = self.simulate_conditions(x)
+        if values is None:
+            values, _ = self.simulate_conditions(x)
         named = dict(zip(self.parameter_ids, linear, strict=True))
         for o in self._observables:
             if o.rows.size == 0:
@@ -444,94 +559,6 @@ class PetabProblem:
             env[o.observable_id] = simulation
             sigma = jnp.broadcast_to(o.noise(env), shape)
             yield o, jnp.asarray(self.measurements[o.rows], linear.dtype), simulation, sigma
-
-    def _evaluate(self, name, x):
-        x = self.x_nominal if x is None else x
-        function = self._compiled.get(name)
-        if function is None:
-            # One compiled function per quantity, reused for every x; inside a caller's
-            # jit it is inlined, so it never stages anything of its own there.
-            function = self._compiled[name] = jax.jit(getattr(self, f"_{name}"))
-        return function(jnp.asarray(x))
-
-    def nllh(self, x=None):
-        """PEtab's negative log-likelihood at scaled parameters `x` (default: nominal)."""
-        return self._evaluate("nllh", x)
-
-    def llh(self, x=None):
-        """``-nllh(x)``."""
-        return -self.nllh(x)
-
-    def chi2(self, x=None):
-        """``sum(((f(m) - f(h)) / sigma)^2)``, PEtab's chi2."""
-        return self._evaluate("chi2", x)
-
-    def simulations(self, x=None):
-        """The simulated observable per measurement row (PEtab's simulation table)."""
-        return self._evaluate("simulations", x)
-
-    def residuals(self, x=None):
-        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (see `_residuals`)."""
-        return self._evaluate("residuals", x)
-
-    def evaluate(self, x=None) -> dict:
-        """``{"nllh", "chi2", "simulations"}`` from one simulation (cheaper than three
-        calls)."""
-        return self._evaluate("summary", x)
-
-    def _summary(self, x):
-        nllh, chi2, simulations = 0.0, 0.0, jnp.zeros(self.measurements.shape)
-        for o, m, h, sigma in self._per_observable(x):
-            nllh = nllh + jnp.sum(negative_log_likelihood(m, h, sigma, o.transformation,
-                                                          o.distribution))
-            chi2 = chi2 + jnp.sum(_standardized(m, h, sigma, o.transformation) ** 2)
-            simulations = simulations.astype(h.dtype).at[o.rows].set(h)
-        return {"nllh": nllh, "chi2": chi2, "simulations": simulations}
-
-    # Each is the summary's part; under jit XLA drops the parts not asked for.
-    def _nllh(self, x):
-        return self._summary(x)["nllh"]
-
-    def _chi2(self, x):
-        return self._summary(x)["chi2"]
-
-    def _simulations(self, x):
-        return self._summary(x)["simulations"]
-
-    def _residual_parts(self, x, noise_term):
-        parts, noise = [], []
-        for o, m, h, sigma in self._per_observable(x):
-            z = _standardized(m, h, sigma, o.transformation)
-            if o.distribution == "laplace":
-                z = jnp.sign(z) * jnp.sqrt(2 * jnp.abs(z))
-            parts.append(z)
-            noise.append(noise_term(sigma))
-        return jnp.concatenate(parts + (noise if self._noise_is_estimated else []))
-
-    def _residuals(self, x):
-        """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (the least-squares form).
-
-        One standardised residual ``z = (f(m) - f(h)) / sigma`` per measurement
-        (``sign(z) sqrt(2 |z|)`` for Laplace noise); when the noise depends on estimated
-        parameters, also one ``sqrt(2 log sigma + C)`` per measurement
-        (`SIGMA_RESIDUAL_OFFSET`), the trick AMICI uses for least-squares optimisers.
-        """
-        return self._residual_parts(
-            x, lambda sigma: jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
-
-    def _fisher_outputs(self, x):
-        """``z`` then, when the noise is estimated, ``sqrt(2) log sigma`` per measurement.
-
-        With ``nllh = 0.5 |z|^2 + sum(log sigma) + const``, the identity metric on these
-        outputs gives ``J^T J`` = the Fisher information of the observables plus
-        ``(2 + z^2)`` times that of ``log sigma`` (3 in expectation instead of 2): close to
-        the Fisher information, unlike the ``sqrt(2 log sigma + C)`` residual, whose
-        ``J^T J`` for the noise is about ``1 / C`` of it."""
-        return self._residual_parts(x, lambda sigma: math.sqrt(2.0) * jnp.log(sigma))
-
-    def residual_constant(self):
-        """``nllh(x) - 0.5 |residuals(x)|^2``, independent of ``x`` for normal noise."""
-        return float(self.nllh() - 0.5 * jnp.sum(self.residuals() ** 2))
 
     def __repr__(self):
         return (f"PetabProblem({self.yaml_path.name}: {len(self.x_ids)} estimated, "
