@@ -136,7 +136,7 @@ def _fit_petab(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from .bio import PetabError, PlateauEscape, SBMLError, load_petab
+    from .bio import EarlyAbandon, PetabError, PlateauEscape, SBMLError, load_petab
     from .bio.fit import fit_petab
     from .bio.report import write_fit_report
 
@@ -151,7 +151,9 @@ def _fit_petab(args) -> int:
     result = fit_petab(problem, args.starts, method=args.method, iterations=args.iterations,
                        mass=args.mass, max_step=args.max_step or None,
                        batch_size=args.batch_size if args.batch_size != 0 else None,
-                       escape=None if args.no_escape else PlateauEscape(), seed=args.seed)
+                       escape=None if args.no_escape else PlateauEscape(),
+                       hierarchical=not args.no_hierarchical,
+                       abandon=None if args.no_abandon else EarlyAbandon(), seed=args.seed)
     out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
     summary = write_fit_report(problem, result, out, args.reference_nllh)
     print(f"best nllh {summary['best_nllh']:.4f}; within 2 of the best: "
@@ -188,6 +190,13 @@ def main(argv=None) -> int:
     fit.add_argument("--no-escape", action="store_true",
                      help="end where the local method ends (default: scan the flat "
                      "directions of the Fisher metric and fit again from a lower point)")
+    fit.add_argument("--no-hierarchical", action="store_true",
+                     help="fit every estimated parameter (default: scaling and noise "
+                     "parameters that only the observables use are profiled out in "
+                     "closed form)")
+    fit.add_argument("--no-abandon", action="store_true",
+                     help="run every start to its own end (default: the steps abandon a start "
+                     "whose pace cannot bring it within 2 of the best nllh found so far)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube")
     fit.add_argument("--rtol", type=float, default=1e-6, help="ODE relative tolerance")
     fit.add_argument("--atol", type=float, default=1e-8, help="ODE absolute tolerance")

@@ -1,5 +1,6 @@
 """`BatchSizeChooser`: tries every size, then uses the cheapest per start and looks at
-the others again after a fixed amount of work (expected choices worked out by hand)."""
+the others again after an amount of work that grows with their cost (expected choices
+worked out by hand)."""
 
 import pytest
 
@@ -13,15 +14,15 @@ def test_every_size_is_tried_largest_first_then_the_cheapest_per_start_is_used()
     assert chooser.next() == 1
     chooser.record(1, seconds=0.5, starts=1)       # 0.5 s per start
     assert chooser.seconds_per_start == {8: 1.0, 1: 0.5}
-    # 8 is looked at again once 16 * 8 start-calls have run since it was last seen
-    # (the 1 start of the call above counts).
-    for _ in range(126):
+    # 8 is looked at again once 16 * 8 * (1.0 / 0.5) start-calls have run since it was
+    # last seen (the 1 start of the call above counts).
+    for _ in range(254):
         assert chooser.next() == 1
         chooser.record(1, seconds=0.5, starts=1)
     assert chooser.next() == 1
     chooser.record(1, seconds=0.5, starts=1)
     assert chooser.next() == 8
-    assert chooser.calls == {8: 1, 1: 128}
+    assert chooser.calls == {8: 1, 1: 256}
 
 
 def test_the_choice_follows_the_cost_as_it_moves():

@@ -98,15 +98,20 @@ def test_steps_end_at_a_first_order_point_on_a_bound_and_warm_up_without_running
 
     free = load_petab(PERELSON)
     start = np.asarray(free.x_nominal)[None] + 0.3
-    unbounded = fit_petab(free, start, iterations=200, progress=False)
+    unbounded = fit_petab(free, start, iterations=200, hierarchical=False, progress=False)
     problem = load_petab(PERELSON)
     problem.upper = np.array(problem.upper, float)
     problem.upper[0] = unbounded.x[0, 0] - 0.3
     start[0, 0] = problem.upper[0] - 0.5
-    fit_petab(problem, start, iterations=200, compile_only=True)
-    compiled = dict(_runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6, 0)["compiled"])
-    fit = fit_petab(problem, start, iterations=200, progress=False)
-    assert _runners(problem, "steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6, 0)["compiled"] == compiled
+    # Every parameter fitted: the path to the bound of c that this test sets up is the
+    # full problem's (with the noise level profiled out this start ends on delta's bound).
+    options = dict(iterations=200, hierarchical=False)
+    fit_petab(problem, start, compile_only=True, **options)
+    settings = ("steps", 200, 20, 1e-3, 1.0, 60.0, 1e-6, 0)
+    compiled = dict(_runners(problem, *settings)["compiled"])
+    assert compiled  # the warm-up compiled the runners that the fit uses
+    fit = fit_petab(problem, start, progress=False, **options)
+    assert _runners(problem, *settings)["compiled"] == compiled
 
     x = fit.x[0]
     assert fit.status == ["converged"]
@@ -143,7 +148,8 @@ def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go
         return real_call(runners, name, *args)
 
     monkeypatch.setattr(fit_module, "_call", call)
-    fit = fit_petab(problem, starts, method=method, iterations=40, progress=False)
+    fit = fit_petab(problem, starts, method=method, iterations=40, hierarchical=False,
+                    progress=False)
     assert fit.status[1] == "failed"
     # It raised at once, so it keeps its start and the nllh there.
     np.testing.assert_array_equal(fit.x[1], poisoned)
@@ -173,7 +179,7 @@ def test_a_start_of_the_steps_that_raises_later_keeps_its_progress(monkeypatch):
 
     monkeypatch.setattr(fit_module, "_call", call)
     fit = fit_petab(problem, starts, method="steps", iterations=60, chunk=3,
-                    batch_size=1, progress=False)
+                    batch_size=1, hierarchical=False, progress=False)
     assert fit.status[1] == "failed" and fit.status[0] != "failed"
     assert not np.array_equal(fit.x[1], starts[1])
     np.testing.assert_array_equal(fit.x[1], tracked["x"])
@@ -209,11 +215,14 @@ def test_starts_fitted_in_small_or_chosen_batches_end_as_in_one_batch():
     problem = load_petab(PERELSON)
     offsets = np.linspace(-2.0, 2.0, 5)[:, None] * np.array([1.0, -0.5, 0.7])
     starts = np.asarray(problem.x_nominal)[None] + offsets
-    together = fit_petab(problem, starts, iterations=60, batch_size=None, progress=False)
+    # Every parameter fitted (profiled, Perelson's starts all converge in one chunk) and
+    # no start abandoned (which would depend on the order in which the starts finish).
+    options = dict(iterations=60, hierarchical=False, abandon=None, progress=False)
+    together = fit_petab(problem, starts, batch_size=None, **options)
     assert together.info["batch_size"] == 5
     assert np.isnan(together.history).any()  # some are done before others: slots refill
     for batch_size in (2, "auto"):
-        fit = fit_petab(problem, starts, iterations=60, batch_size=batch_size, progress=False)
+        fit = fit_petab(problem, starts, batch_size=batch_size, **options)
         assert fit.info["batch_size"] == batch_size
         assert fit.status == together.status
         np.testing.assert_allclose(fit.nllh, together.nllh, rtol=1e-9)

@@ -4,14 +4,19 @@ developmental systems.
 - `read_sbml`: an SBML file as JAX functions (`SBMLModel.simulate`, ...);
   `SBMLModule`: chosen parameters of it as a modopt module.
 - `load_petab`: a PEtab problem as a JAX objective (`PetabProblem.nllh`, ...).
+- `ProfiledPetab`: the objective with scaling and noise parameters profiled out in
+  closed form (hierarchical optimisation; `find_inner_parameters` lists them).
 - `fit_petab`: many starts as one vmapped batch, leaving flat directions of the Fisher
-  metric by `PlateauEscape`; `write_fit_report`: table and plots.
+  metric by `PlateauEscape` and abandoning starts that cannot catch up
+  (`EarlyAbandon`); `write_fit_report`: table and plots.
 - `toggle_switch`: the Gardner 2000 toggle switch as an ODE module.
 """
 
+from .abandon import EarlyAbandon
 from .errors import PetabError, SBMLError, SBMLUnsupportedError
 from .fit import MultistartResult, fit_petab, latin_hypercube_starts
-from .petab import PetabProblem, load_petab
+from .hierarchical import InnerParameter, ProfiledPetab, find_inner_parameters
+from .petab import AbstractPetabObjective, PetabProblem, load_petab
 from .plateaus import PlateauEscape
 from .report import write_fit_report
 from .sbml import SBMLModel, SBMLSimulation, read_sbml

@@ -33,11 +33,13 @@ from .._module import AbstractSystemModule
 from ..bounds import Box
 from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
+from .abandon import EarlyAbandon
 from .batch_sizes import BatchSizeChooser
-from .petab import PetabProblem
+from .hierarchical import profiled
+from .petab import AbstractPetabObjective, PetabProblem
 from .plateaus import PlateauEscape
 
-STATUSES = ("converged", "max_iterations", "failed_at_start", "failed")
+STATUSES = ("converged", "max_iterations", "abandoned", "failed_at_start", "failed")
 
 
 class PetabResiduals(AbstractSystemModule):
@@ -48,7 +50,7 @@ class PetabResiduals(AbstractSystemModule):
     """
 
     x: jax.Array
-    problem: PetabProblem = eqx.field(static=True)
+    problem: AbstractPetabObjective = eqx.field(static=True)
     sensitivity: str = eqx.field(static=True, kw_only=True, default="forward")
     in_shape: tuple[int, ...] | None = eqx.field(static=True, kw_only=True, default=(1,))
     mass: float | None = eqx.field(static=True, kw_only=True, default=None)
@@ -158,6 +160,8 @@ def fit_petab(
     seed: int = 0,
     batch_size: int | str | None = "auto",
     escape: PlateauEscape | None = PlateauEscape(),
+    hierarchical: bool = True,
+    abandon: EarlyAbandon | None = EarlyAbandon(),
     progress: bool = True,
     compile_only: bool = False,
 ) -> MultistartResult | None:
@@ -167,7 +171,8 @@ def fit_petab(
 
     - `problem`: a `PetabProblem` (``sensitivity="forward"``, the default).
     - `starts`: a number (Latin-hypercube starts in the bounds, `seed`) or an array
-      ``(starts, d)`` of scaled parameters.
+      ``(starts, d)`` of scaled parameters (with `hierarchical`, the values given for the
+      profiled parameters are not used).
     - `method`: ``"steps"`` (Algorithm 1 with a Levenberg-Marquardt adaptive mass,
       `iterations` steps in chunks of `chunk`; the bounds are kept by Coleman-Li scaling
       of the mass, `modopt.Box`) or ``"flow"`` (the
@@ -202,6 +207,15 @@ def fit_petab(
       the best point when it is lower (`PlateauEscape`); ``None`` to end where the local
       method ends. On Bruno (100 starts) it takes the share within 2 of the best from
       64 % to 100 %.
+    - `hierarchical`: profile out the scaling and noise parameters that only the
+      observables use (`ProfiledPetab`, `find_inner_parameters`): the fit moves the
+      others, and every evaluation uses the best scalings and noise levels for them,
+      from closed forms. The results still hold all parameters. ``False`` fits all
+      estimated parameters alike.
+    - `abandon`: for ``"steps"``, stop a start whose pace cannot bring it within
+      `abandon.margin` of the best nllh found so far (`EarlyAbandon`; status
+      ``"abandoned"``, with its nllh where it stopped); ``None`` to run every start to its
+      own end (for a waterfall plot of local optima).
     - `progress`: print a line per chunk.
     - `compile_only`: only compile for these starts and return ``None``; the next fit
       with the same settings and starts runs without compiling (a benchmark's warm-up).
@@ -230,22 +244,28 @@ def fit_petab(
         raise ValueError(f"fit_petab: retries must be an int >= 0, got {retries!r}")
     if not (escape is None or isinstance(escape, PlateauEscape)):
         raise ValueError(f"fit_petab: escape must be a PlateauEscape or None, got {escape!r}")
+    if not (abandon is None or isinstance(abandon, EarlyAbandon)):
+        raise ValueError(f"fit_petab: abandon must be an EarlyAbandon or None, got {abandon!r}")
     count = x0.shape[0]
     began = time.perf_counter()
-    runners = _runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
+    objective = profiled(problem) if hierarchical else problem
+    # The fit moves the parameters that are not profiled out; x0 and the results hold all.
+    outer = getattr(objective, "outer_positions", slice(None))
+    runners = _runners(objective, method, iterations, chunk, mass, max_step, s1, gtol,
                        int(retries))
     # Starts where the model cannot be integrated are marked and left out: in a vmapped
     # batch every one of their failing solves would run to max_steps at every iteration.
-    initial = np.asarray(runners["nllh"](jnp.asarray(x0, jnp.result_type(float))))
+    initial = np.asarray(runners["nllh"](jnp.asarray(x0[:, outer], jnp.result_type(float))))
     alive = np.flatnonzero(np.isfinite(initial))
     final_x, final_nllh = x0.copy(), np.full(count, np.nan)
-    converged, failed = np.zeros(count, bool), np.zeros(count, bool)
+    converged, failed, abandoned = (np.zeros(count, bool) for _ in range(3))
     history, escapes = np.full((count, 1), np.nan), np.zeros(count, int)
     escape_seconds = 0.0
     sizes = ((_slot_count(alive.size, 8), _slot_count(alive.size, 1)) if batch_size == "auto"
              else (_slot_count(alive.size, batch_size),))
     chooser = BatchSizeChooser(sizes)
     if compile_only:
+        x0 = x0[:, outer]
         states = (_fresh_states(runners, x0[alive], alive.size)
                   if alive.size and method == "steps" else None)
         for slots in sizes if alive.size else ():
@@ -257,24 +277,29 @@ def fit_petab(
         if alive.size and escape is not None:
             _compiled(runners, "fisher", _as_batch(x0[alive][:1]))
             _compiled(runners, "nllh", _as_batch(np.repeat(x0[alive][:1], escape.points, 0)))
+        if alive.size and objective is not problem:
+            _compiled(runners, "complete", _as_batch(x0[alive]))
         return None
     if alive.size:
         fit_starts = functools.partial(
             _flow_in_groups if method == "flow" else _steps_in_batches, runners,
             chooser=chooser, iterations=iterations, chunk=chunk, s1=s1, gtol=gtol,
-            progress=progress, began=began)
-        x, value, stationary, trace, raised = fit_starts(x0[alive])
+            abandon=abandon, progress=progress, began=began)
+        x, value, stationary, trace, raised, dropped = fit_starts(x0[alive][:, outer])
         # A start that raised in its first chunk (or, for the flow, at all) is at its
         # start, whose nllh is known.
         value = np.where(raised & ~np.isfinite(value), initial[alive], value)
         if escape is not None:
             escape_began = time.perf_counter()
-            x, value, stationary, trace, raised, escapes[alive] = _escape_plateaus(
-                escape, runners, problem, fit_starts, x, value, stationary, trace, raised,
-                progress)
+            x, value, stationary, trace, raised, dropped, escapes[alive] = _escape_plateaus(
+                escape, runners, objective, fit_starts, x, value, stationary, trace, raised,
+                dropped, progress)
             escape_seconds = time.perf_counter() - escape_began
+        if objective is not problem:
+            x = np.asarray(_call(runners, "complete", _as_batch(x)))
         final_x[alive], final_nllh[alive], converged[alive] = x, value, stationary
         failed[alive] = raised | ~np.isfinite(value)
+        abandoned[alive] = dropped
         history = np.full((count, trace.shape[1]), np.nan)
         history[alive] = trace
     status = []
@@ -283,6 +308,8 @@ def fit_petab(
             status.append("failed_at_start")
         elif failed[i]:
             status.append("failed")
+        elif abandoned[i]:
+            status.append("abandoned")
         else:
             status.append("converged" if converged[i] else "max_iterations")
     seconds = time.perf_counter() - began
@@ -294,7 +321,9 @@ def fit_petab(
               "batch_size": batch_size if batch_size == "auto" else sizes[0],
               "batch_calls": {size: calls for size, calls in chooser.calls.items() if calls},
               "escape": None if escape is None else dataclasses.asdict(escape),
-              "escapes": escapes.tolist(), "escape_time_s": escape_seconds},
+              "escapes": escapes.tolist(), "escape_time_s": escape_seconds,
+              "abandon": None if abandon is None else dataclasses.asdict(abandon),
+              "profiled": [c.parameter_id for c in getattr(objective, "inner", ())]},
     )
 
 
@@ -333,6 +362,7 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
         return jacobian.T @ jacobian
 
     runners = {"nllh": jax.jit(jax.vmap(nllh_of)), "compiled": {},
+               "complete": jax.jit(jax.vmap(getattr(problem, "complete", lambda x: x))),
                "fisher": jax.jit(jax.vmap(fisher_of)),
                # nllh - loss, the same at every x
                "constant": float(problem.nllh() - _loss(nominal[None], None))}
@@ -390,20 +420,23 @@ def _as_batch(x):
 
 
 def _escape_plateaus(escape, runners, problem, fit_starts, x, value, stationary, trace,
-                     raised, progress):
+                     raised, abandoned, progress):
     """`escape`'s rounds for the fitted starts: scan the near-kernel of the Fisher metric
-    of each start that converged; those with a point lower by `escape.min_gain` are fitted
-    again from it by `fit_starts` and keep the new end (never worse: the fit starts there
-    and does not go up). **Returns:** the updated `x, value, stationary, trace, raised`
-    and the number of restarts per start."""
+    of each start that converged or was abandoned; those with a point lower by
+    `escape.min_gain` are fitted again from it by `fit_starts` and keep the new end
+    (never worse: the fit starts there and does not go up). **Returns:** the updated
+    `x, value, stationary, trace, raised, abandoned` and the number of restarts per
+    start."""
     lower, upper = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
-    x, value, stationary, raised = (np.array(a) for a in (x, value, stationary, raised))
+    x, value, stationary, raised, abandoned = (np.array(a) for a in (x, value, stationary,
+                                                                     raised, abandoned))
     escapes = np.zeros(len(x), int)
     for round_ in range(escape.rounds):
         restart = {}  # start -> (point, its nllh)
-        # Only where the fit has stopped: a start still moving at max_iterations is not on
-        # a plateau, and scanning it costs solves at the far ends of the box.
-        for i in np.flatnonzero(stationary & ~raised & (escapes == round_)):
+        # Only where the fit has stopped or was abandoned as too slow (a plateau stalls a
+        # start far above the best): a start still moving at max_iterations is not on a
+        # plateau, and scanning it costs solves at the far ends of the box.
+        for i in np.flatnonzero((stationary | abandoned) & ~raised & (escapes == round_)):
             fisher = np.asarray(_call(runners, "fisher", _as_batch(x[i:i + 1])))[0]
             if not np.all(np.isfinite(fisher)):
                 continue
@@ -422,17 +455,18 @@ def _escape_plateaus(escape, runners, problem, fit_starts, x, value, stationary,
         if not restart:
             break
         ids = np.array(sorted(restart))
-        x2, value2, stationary2, trace2, raised2 = fit_starts(
+        x2, value2, stationary2, trace2, raised2, abandoned2 = fit_starts(
             np.array([restart[i][0] for i in ids]))
         # A restart that raised at once keeps the scanned point, whose nllh is known.
         value2 = np.where(~np.isfinite(value2), [restart[i][1] for i in ids], value2)
         x[ids], value[ids], stationary[ids], raised[ids] = x2, value2, stationary2, raised2
+        abandoned[ids] = abandoned2
         extended = np.full((len(x), trace.shape[1] + trace2.shape[1]), np.nan)
         extended[:, :trace.shape[1]] = trace
         extended[ids, trace.shape[1]:] = trace2
         trace = extended
         escapes[ids] += 1
-    return x, value, stationary, trace, raised, escapes
+    return x, value, stationary, trace, raised, abandoned, escapes
 
 
 def _padded_batch(x0, slots):
@@ -462,8 +496,8 @@ def _call(runners, name, *args):
 def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
     """The flow for the starts `x0`, in groups of the size `chooser` picks.
     **Returns:** final x, nllh, a converged flag, the nllh history
-    ``(starts, checkpoints)`` and a failed flag (such a start is returned at its start,
-    with a NaN nllh)."""
+    ``(starts, checkpoints)``, a failed flag (such a start is returned at its start,
+    with a NaN nllh) and an abandoned flag (never, for the flow)."""
     parts, first = [], 0
     while first < x0.shape[0]:
         slots = chooser.next()
@@ -487,7 +521,8 @@ def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
                   f"{time.perf_counter() - began:.0f} s", flush=True)
     x, value, norm2, trace = (np.concatenate(a) for a in zip(*parts))
     failed = ~np.isfinite(value)
-    return np.where(failed[:, None], x0, x), value, (norm2 < gtol) & ~failed, trace, failed
+    return (np.where(failed[:, None], x0, x), value, (norm2 < gtol) & ~failed, trace, failed,
+            np.zeros_like(failed))
 
 
 def _fresh_states(runners, x, count):
@@ -503,21 +538,23 @@ def _slot_batch(xs, states, rows):
             jax.tree.map(lambda leaf: _shard(jnp.asarray(leaf[rows])), states))
 
 
-def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress, began,
-                      **_):
+def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, abandon, progress,
+                      began, **_):
     """The steps for the starts `x0`, one chunk of iterations per call, in batches of
     the size `chooser` picks: a call takes the unfinished starts already begun (the
     earliest first) and fills up with new ones; a start that has converged, hit
-    `iterations` or raised is done. So no start idles in a batch once it is done, and
-    one slow start (a stiff ODE, many solver steps) holds up only its batch-mates.
-    **Returns:** as `_flow_in_groups`."""
+    `iterations`, raised or been abandoned (`abandon`) is done. So no start idles in a
+    batch once it is done, and one slow start (a stiff ODE, many solver steps) holds up
+    only its batch-mates. **Returns:** as `_flow_in_groups`."""
     count = x0.shape[0]
     states = _fresh_states(runners, x0, count)
     xs, values = np.array(x0), np.full(count, np.nan)
     previous, converged = np.full(count, np.inf), np.zeros(count, bool)
-    broken, done = np.zeros(count, bool), np.zeros(count, int)
+    broken, abandoned = np.zeros(count, bool), np.zeros(count, bool)
+    done = np.zeros(count, int)
     traces = [[] for _ in range(count)]
-    while (unfinished := np.flatnonzero(~converged & ~broken & (done < iterations))).size:
+    while (unfinished := np.flatnonzero(~converged & ~broken & ~abandoned
+                                        & (done < iterations))).size:
         slots = chooser.next()
         ids = unfinished[np.argsort(done[unfinished] == 0, kind="stable")][:slots]
         rows = np.concatenate([ids, np.repeat(ids[:1], slots - ids.size)])  # pad: copies
@@ -551,17 +588,21 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, progress
         with np.errstate(invalid="ignore"):
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
         converged[ids] = (np.asarray(state.riemannian_norm2)[live] < gtol) | stalled
+        best = np.nanmin(values) if np.isfinite(values).any() else np.nan
+        if abandon is not None:
+            chunks_left = -(-(iterations - done[ids]) // chunk)
+            abandoned[ids] = abandon.hopeless(value, previous[ids], best, chunks_left) & ~(
+                converged[ids] | broken[ids])
         previous[ids] = value
         if progress:
-            finished = converged | broken | (done >= iterations)
-            best = np.nanmin(values) if np.isfinite(values).any() else np.nan
+            finished = converged | broken | abandoned | (done >= iterations)
             print(f"  steps: {int(finished.sum())}/{count} starts done ({int(converged.sum())} "
-                  f"converged), best nllh {best:.4f}, batch {slots}, "
-                  f"{time.perf_counter() - began:.0f} s", flush=True)
+                  f"converged, {int(abandoned.sum())} abandoned), best nllh {best:.4f}, "
+                  f"batch {slots}, {time.perf_counter() - began:.0f} s", flush=True)
     history = np.full((count, max(map(len, traces))), np.nan)
     for i, trace in enumerate(traces):
         history[i, :len(trace)] = trace
-    return xs, values, converged & ~broken, history, broken
+    return xs, values, converged & ~broken, history, broken, abandoned
 
 
 def _flow_one_by_one(runners, x_batch):

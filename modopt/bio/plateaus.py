@@ -8,7 +8,8 @@ nothing about that direction. On Bruno_JExpBot2016, 29 of 100 Latin-hypercube st
 on two such plateaus (a large ``k5``, nllh 874.2; large ``kc1`` and ``kc2``, 354.87),
 although the same parameters a few decades lower give a far better fit.
 
-Where a start's fit has converged, `PlateauEscape` looks along each such direction,
+Where a start's fit has converged (or `EarlyAbandon` gave it up: a plateau far above
+the best stalls it), `PlateauEscape` looks along each such direction,
 across the whole box, on a coarse grid of points (the nllh only: forward solves, no
 derivatives), and fits again from the lowest point when it beats the end of the fit by
 `min_gain`. A start still moving when its iterations run out is not scanned: it is not
