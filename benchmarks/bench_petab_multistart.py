@@ -61,21 +61,43 @@ def _problem_path(name):
     raise SystemExit(f"bench_petab_multistart: no {name}.yaml under {DATA}")
 
 
-def run_modopt(problem, starts, method, iterations):
-    """`method`: "steps" or "flow" (with `PlateauEscape`, the default), or
-    "steps-local" or "flow-local" (``escape=None``: where the local method ends)."""
-    from modopt.bio import PlateauEscape, fit_petab
+def _variant(method):
+    """``(base, local, full, every)`` of a method name ``base[-local][-full][-all]``:
+    ``-local`` without `PlateauEscape`, ``-full`` with every estimated parameter fitted
+    (no hierarchical profiling of scaling and noise parameters), ``-all`` with every
+    start run to its own end (no `EarlyAbandon`)."""
+    base, *flags = method.split("-")
+    return base, "local" in flags, "full" in flags, "all" in flags
 
-    base, _, local = method.partition("-")
+
+def _objective(problem, starts, full):
+    """The objective a method moves on and its starts: the profiled problem (the
+    scaling and noise parameters in closed form) unless `full`."""
+    from modopt.bio.hierarchical import profiled
+
+    objective = problem if full else profiled(problem)
+    outer = getattr(objective, "outer_positions", slice(None))
+    return objective, np.asarray(starts)[:, outer]
+
+
+def run_modopt(problem, starts, method, iterations):
+    """`method`: "steps" or "flow" (with `PlateauEscape`, hierarchical profiling and
+    `EarlyAbandon`, the defaults), with "-local" (``escape=None``), "-full"
+    (``hierarchical=False``), "-all" (``abandon=None``)."""
+    from modopt.bio import EarlyAbandon, PlateauEscape, fit_petab
+
+    base, local, full, every = _variant(method)
     options = dict(method=base, iterations=iterations,
-                   escape=None if local else PlateauEscape())
+                   escape=None if local else PlateauEscape(), hierarchical=not full,
+                   abandon=None if every else EarlyAbandon())
     fit_petab(problem, starts, compile_only=True, **options)
     fit = fit_petab(problem, starts, progress=False, **options)
     # A start whose solve raised keeps its last good nllh, so failures come from the status.
     return (fit.nllh, [s == "converged" for s in fit.status],
             [s.startswith("failed") for s in fit.status], fit.wall_time_s,
             {"restarted": int(np.count_nonzero(fit.info["escapes"])),
-             "escape_time_s": fit.info["escape_time_s"]})
+             "escape_time_s": fit.info["escape_time_s"],
+             "batch_calls": {str(k): v for k, v in fit.info["batch_calls"].items()}})
 
 
 def _jitted_objective(problem, x):
@@ -90,9 +112,10 @@ def _jitted_objective(problem, x):
     return residuals, jacobian, nllh
 
 
-def run_trf(problem, starts, iterations):
+def run_trf(problem, starts, iterations, full):
     from scipy.optimize import least_squares
 
+    problem, starts = _objective(problem, starts, full)
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
 
     def fit(x0):
@@ -105,7 +128,7 @@ def run_trf(problem, starts, iterations):
     return _one_by_one(fit, nllh, starts)
 
 
-def run_fides(problem, starts, iterations):
+def run_fides(problem, starts, iterations, full):
     """fides (the reference stack's optimizer: reflective trust region, 2D subspace) with
     the Fisher-information (Gauss-Newton) Hessian, as pyPESTO runs it on AMICI."""
     try:
@@ -115,6 +138,7 @@ def run_fides(problem, starts, iterations):
                          "fides` (a benchmark peer, not a modopt dependency)") from error
     import logging
 
+    problem, starts = _objective(problem, starts, full)
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
 
     def objective(x):
@@ -166,8 +190,9 @@ def main():
     parser.add_argument("--starts", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--methods", nargs="*", default=["steps", "trf", "flow"],
-                        help="steps, flow, steps-local, flow-local (no plateau escape), "
-                             "trf, fides")
+                        help="steps, flow, trf, fides; -local: no plateau escape (steps, "
+                             "flow); -full: no profiling of scaling and noise parameters; "
+                             "-all: no abandoned starts (steps)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     configure_threads(None)
@@ -185,9 +210,10 @@ def main():
         problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
         for method in args.methods:
-            if method in PEERS:
-                values, converged, failed, seconds = PEERS[method](problem, starts,
-                                                                   args.iterations)
+            base, _, full, _ = _variant(method)
+            if base in PEERS:
+                values, converged, failed, seconds = PEERS[base](problem, starts,
+                                                                 args.iterations, full)
                 extra = {}
             else:
                 values, converged, failed, seconds, extra = run_modopt(
@@ -253,21 +279,24 @@ def report(runs, commands, args):
     """Write the table of all `runs` so far (JSON with the per-start values, markdown)."""
     rows = summarise(runs)
     header = ["problem", "method", "starts", "best nllh", "within 2 of best",
-              "published (within 2)", "converged", "failed", "wall s", "converged/min",
-              "within-2/min", "reference conv./min", "restarted (escape s)"]
+              "published (within 2)", "within-2/min", "reference within-2/min",
+              "stopped by own test", "failed", "wall s", "own stops/min",
+              "restarted (escape s)"]
     table = markdown_table(header, [[
         r["problem"].split("_")[0], r["method"], r["starts"], f"{r['best_nllh']:.3f}",
         f"{100 * r['fraction_within_2']:.0f} %", r["published_fraction_within_2"],
+        f"{r['within_2_per_min']:.2f}", r["reference_converged_per_min"],
         r["converged"], r["failed"], f"{r['wall_time_s']:.0f}",
-        f"{r['converged_per_min']:.2f}", f"{r['within_2_per_min']:.2f}",
-        r["reference_converged_per_min"],
+        f"{r['converged_per_min']:.2f}",
         "" if r["restarted"] is None else f"{r['restarted']} ({r['escape_time_s']:.0f})"]
         for r in rows])
     meta = {"commands": commands, "starts": args.starts, "iterations": args.iterations,
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
             "modopt": ("fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, "
                        "retries 0, Coleman-Li box, PlateauEscape (points 17, null_tolerance 1e-6, "
-                       "min_gain 1, rounds 2); '-local': escape=None"),
+                       "min_gain 1, rounds 2), hierarchical, EarlyAbandon (factor 10, margin "
+                       "2); '-local': escape=None; '-all': abandon=None; "
+                       "'-full': hierarchical=False (also for trf and fides)"),
             "fides": "fides 0.8.0, Fisher-information Hessian, maxiter = iterations",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
@@ -276,12 +305,21 @@ def report(runs, commands, args):
                 "Best known nllh and published shares: `shared/data/README.md`. "
                 "'within 2' counts starts whose final nllh is within 2 of the best known "
                 "value (or of the best any method found, when that is lower or unknown). "
-                "'converged': the method's own criterion (modopt: Fisher-metric gradient "
-                "norm below gtol or no progress over a chunk; trf: scipy's status > 0; "
-                "fides: its exit flag > 0). steps and flow scan the flat directions of "
-                "the Fisher metric where a start ends and fit again from a lower point "
-                "(`modopt.bio.PlateauEscape`); steps-local and flow-local end where the "
-                "local method ends. "
+                "'within-2/min': those starts per minute of wall time, the measure of the "
+                "reference column (the reference stack's 'converged starts per minute', "
+                "which counts starts that reach the best value; see benchmarks/README.md). "
+                "'stopped by own test': the method's own convergence test (modopt: "
+                "Fisher-metric gradient norm below gtol or no progress over a chunk; trf: "
+                "scipy's status > 0; fides: its exit flag > 0), which also stops on "
+                "plateaus and local minima. "
+                "Methods: steps and flow profile out scaling and noise parameters "
+                "(`fit_petab(hierarchical=True)`; trf and fides then run on the same "
+                "profiled objective) and scan the flat directions of the Fisher metric where "
+                "a start ends (`PlateauEscape`); the steps abandon starts that cannot catch up "
+                "with the best so far (`EarlyAbandon`). '-local': without the scan; '-all': "
+                "no start abandoned; '-full': every estimated parameter fitted (rows "
+                "measured before 2026-12-06, when the commands above named them without "
+                "'-full'). "
                 "A row is from the last command above that names its problem and method.\n")
     write_results("petab_multistart", rows, meta, markdown)
     path = ROOT / "benchmarks/results/petab_multistart.json"
