@@ -90,7 +90,8 @@ class MultistartResult:
     - `method`, `x_ids`; `info`: devices, iterations, mass, max_step, gtol, batch_size,
       batch_calls (calls per batch size), escape (its settings), escapes (per start, how
       often `PlateauEscape` restarted it; the history then goes on after the checkpoints
-      of the first fit) and escape_time_s (the wall time of its scans and restarts).
+      of the first fit), escape_time_s (the wall time of its scans and restarts),
+      abandon (the `EarlyAbandon` settings) and profiled (the parameters profiled out).
     """
 
     x: np.ndarray
@@ -211,7 +212,8 @@ def fit_petab(
       observables use (`ProfiledPetab`, `find_inner_parameters`): the fit moves the
       others, and every evaluation uses the best scalings and noise levels for them,
       from closed forms. The results still hold all parameters. ``False`` fits all
-      estimated parameters alike.
+      estimated parameters alike (better for the steps on Boehm_JProteomeRes2014: 6 %
+      of 100 starts within 2 of the best against 1 %; see docs/bio.md).
     - `abandon`: for ``"steps"``, stop a start whose pace cannot bring it within
       `abandon.margin` of the best nllh found so far (`EarlyAbandon`; status
       ``"abandoned"``, with its nllh where it stopped); ``None`` to run every start to its
