@@ -160,7 +160,8 @@ def find_inner_parameters(problem: PetabProblem) -> tuple[InnerParameter, ...]:
 
 class ProfiledPetab(AbstractPetabObjective):
     """`problem` with its scaling and noise parameters profiled out (see the module's
-    docstring): an objective of the other estimated parameters only.
+    docstring): an objective of the other estimated parameters only. `inner`: the
+    result of ``find_inner_parameters(problem)`` when already known.
 
     Attributes: `problem`; `inner` (the `InnerParameter`s); `x_ids`, `lower`, `upper`,
     `x_nominal` (the other parameters, scaled, as in `PetabProblem`); `outer_positions`
@@ -172,9 +173,9 @@ class ProfiledPetab(AbstractPetabObjective):
     **Raises:** `ValueError` if `problem` has no parameter to profile out.
     """
 
-    def __init__(self, problem: PetabProblem):
+    def __init__(self, problem: PetabProblem, inner: tuple[InnerParameter, ...] | None = None):
         self.problem = problem
-        self.inner = find_inner_parameters(problem)
+        self.inner = find_inner_parameters(problem) if inner is None else inner
         if not self.inner:
             raise ValueError(f"ProfiledPetab: {problem.yaml_path.name} has no scaling or "
                              "noise parameter that can be profiled out")
@@ -199,6 +200,7 @@ class ProfiledPetab(AbstractPetabObjective):
             self._segment[c.kind][c.rows] = j
         self._relative = np.array([c.relative for c in self.inner])
         self._laplace = np.array([c.distribution == "laplace" for c in self.inner])
+        self._is_scaling = np.array([c.kind == "scaling" for c in self.inner])
 
     def complete(self, x):
         """All estimated parameters of ``problem`` (scaled): `x` and the profiled values."""
@@ -252,8 +254,7 @@ class ProfiledPetab(AbstractPetabObjective):
         # The normal case squared so that the root's derivative stays finite at zero.
         normal = jnp.sqrt(jnp.clip(square, jnp.maximum(lower, 0.0)**2, upper**2))
         noise = jnp.where(self._laplace, mean_abs, normal)
-        is_scaling = np.array([c.kind == "scaling" for c in self.inner])
-        best = jnp.clip(jnp.where(is_scaling, scaling, noise), lower, upper)
+        best = jnp.clip(jnp.where(self._is_scaling, scaling, noise), lower, upper)
         scale = (lambda v: v, jnp.log, jnp.log10)
         inner = jnp.stack([scale[code](best[j]) for j, code in enumerate(self._inner_codes)])
         return self._full(x, inner), values
@@ -276,6 +277,7 @@ def profiled(problem: AbstractPetabObjective) -> AbstractPetabObjective:
     bounds = (tuple(np.asarray(problem.lower, float)), tuple(np.asarray(problem.upper, float)))
     cached = problem.__dict__.get("_profiled")
     if cached is None or cached[0] != bounds:
-        view = ProfiledPetab(problem) if find_inner_parameters(problem) else problem
+        inner = find_inner_parameters(problem)  # symbolic, so found once
+        view = ProfiledPetab(problem, inner) if inner else problem
         cached = problem.__dict__["_profiled"] = (bounds, view)
     return cached[1]
