@@ -25,13 +25,17 @@ class AdaptiveMass(eqx.Module):
     `retries`: after a rejected step, try again up to this many times within the same
     update, each time with the mass raised by `increase`, from the same Jacobian (one
     loss evaluation and one solve each, no pass through the model's derivatives). An
-    update is rejected only when all its tries are."""
+    update is rejected only when all its tries are.
+
+    `undamped_norm`: also report ``StepState.undamped_norm2``, the norm at `min_scale`
+    (one more solve per update), for a convergence test that a plateau cannot pass."""
 
     increase: float = 4.0
     decrease: float = 0.5
     min_scale: float = 1e-6
     max_scale: float = 1e8
     retries: int = eqx.field(static=True, default=0)
+    undamped_norm: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if not (self.increase > 1 and 0 < self.decrease < 1):
@@ -46,6 +50,11 @@ class StepState(eqx.Module):
     - `mass_scale`: multiplier of the mass (1 unless adaptive).
     - `value`: the loss at the parameters before the last update.
     - `riemannian_norm2`: ``g^T u`` there.
+    - `undamped_norm2`: ``g^T u`` with the adaptive mass at its least scale
+      (`AdaptiveMass.min_scale`), from the same Jacobian: the norm without the damping.
+      Where it is much larger than `riemannian_norm2`, the mass, not the metric, keeps
+      the steps short (a plateau of the loss, not a minimum). NaN unless
+      ``AdaptiveMass(undamped_norm=True)``.
     - `gradient`: ``g`` there (the structure of the parameters; zeros before the first
       update). Bound-constrained callers use its signs to choose the active set.
     - `accepted`: whether the last update was applied.
@@ -56,6 +65,7 @@ class StepState(eqx.Module):
     mass_scale: jax.Array
     value: jax.Array
     riemannian_norm2: jax.Array
+    undamped_norm2: jax.Array
     gradient: object
     accepted: jax.Array
     result: RESULTS
@@ -107,6 +117,7 @@ class RiemannianSteps(eqx.Module):
             mass_scale=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
             riemannian_norm2=jnp.full((), jnp.inf, dtype),
+            undamped_norm2=jnp.full((), jnp.inf, dtype),
             gradient=jax.tree.map(jnp.zeros_like, params),
             accepted=jnp.array(True),
             # A JAX array (not the enum's NumPy constant), so that a jitted step sees the
@@ -125,12 +136,15 @@ class RiemannianSteps(eqx.Module):
         distance = (None if self.max_norm is None or self.box is None
                     else self.box.distance(params, gradient))
 
+        def norm2_of(direction):
+            return sum(jax.tree.leaves(jax.tree.map(lambda g, u: jnp.sum(g * u),
+                                                    gradient, direction)))
+
         def attempt(scale):
             direction = solve(scale)
             finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                                         for x in jax.tree.leaves((value, direction))]))
-            norm2 = sum(jax.tree.leaves(jax.tree.map(lambda g, u: jnp.sum(g * u),
-                                                     gradient, direction)))
+            norm2 = norm2_of(direction)
             updates = jax.tree.map(lambda u: -self.learning_rate * u, direction)
             capped = jnp.array(False)
             if self.max_norm is not None:
@@ -153,7 +167,10 @@ class RiemannianSteps(eqx.Module):
 
         scale = state.mass_scale
         updates, norm2, finite, capped, ok = attempt(scale)
+        undamped_norm2 = jnp.full_like(norm2, jnp.nan)
         a = self.adaptive_mass
+        if a is not None and a.undamped_norm:
+            undamped_norm2 = norm2_of(solve(jnp.asarray(a.min_scale, scale.dtype)))
         if a is not None:
             def raise_(scale):
                 return jnp.clip(scale * a.increase, a.min_scale, a.max_scale).astype(scale.dtype)
@@ -178,6 +195,7 @@ class RiemannianSteps(eqx.Module):
             mass_scale=scale,
             value=value,
             riemannian_norm2=norm2,
+            undamped_norm2=undamped_norm2,
             gradient=gradient,
             accepted=ok,
             result=RESULTS.where(~finite, RESULTS.nonfinite_step, RESULTS.successful),

@@ -32,7 +32,7 @@ def test_bad_settings_are_value_errors(bad):
         EarlyAbandon(**bad)
 
 
-State = namedtuple("State", ["riemannian_norm2", "count"])
+State = namedtuple("State", ["undamped_norm2", "count"])
 
 # nllh after each chunk, per start (start i has x = i): 0 reaches the best fast, 1 creeps
 # far above it, 2 falls from far above in big steps.

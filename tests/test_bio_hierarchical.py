@@ -146,9 +146,9 @@ def test_profiled_values_are_the_minimum_over_the_inner_parameters(synthetic):
 def test_profiled_derivatives_match_central_differences(synthetic):
     view = ProfiledPetab(synthetic)
     x = jnp.asarray(_outer_points(view, 1, 3)[0])
-    outputs = jax.jit(view._fisher_outputs)
+    outputs = jax.jit(view._residuals)
     gradient = jax.jit(jax.jacfwd(view.nllh))(x)
-    jacobian = jax.jit(jax.jacfwd(view._fisher_outputs))(x)
+    jacobian = jax.jit(jax.jacfwd(view._residuals))(x)
     h = 1e-6
     for i in range(len(x)):
         e = jnp.zeros_like(x).at[i].set(h)
@@ -156,6 +156,34 @@ def test_profiled_derivatives_match_central_differences(synthetic):
         np.testing.assert_allclose(gradient[i], difference, rtol=1e-5, atol=1e-6)
         column = (outputs(x + e) - outputs(x - e)) / (2 * h)
         np.testing.assert_allclose(jacobian[:, i], column, rtol=1e-4, atol=1e-6)
+
+
+def test_the_metric_holds_the_profiled_noise_and_keeps_the_gradient(synthetic):
+    """The Jacobian of the outputs whose ``J^T J`` is the metric (`_fisher_outputs`) is
+    the full problem's with the profiled noise levels held at their values and the
+    scalings following x (central differences of the full problem's outputs); the
+    gradient of the loss through it is the profiled nllh's (central differences), as
+    the nllh is stationary in the noise levels."""
+    view = ProfiledPetab(synthetic)
+    x = jnp.asarray(_outer_points(view, 1, 3)[0])
+    jacobian = np.asarray(jax.jit(jax.jacfwd(view._fisher_outputs))(x))
+    noise = view.inner_positions[~view._is_scaling]
+    assert noise.size and view._is_scaling.any()  # both kinds are exercised
+    held_at = np.asarray(view.complete(x))[noise]
+
+    def held(y):
+        return synthetic._fisher_outputs(view.complete(y).at[noise].set(held_at))
+
+    count = len(synthetic.measurements)
+    outputs = np.asarray(view._fisher_outputs(x))
+    loss_gradient = jacobian[:count].T @ outputs[:count] + jacobian[count:].sum(0) / np.sqrt(2)
+    h = 1e-6
+    for i in range(len(x)):
+        e = jnp.zeros_like(x).at[i].set(h)
+        column = (held(x + e) - held(x - e)) / (2 * h)
+        np.testing.assert_allclose(jacobian[:, i], column, rtol=1e-4, atol=1e-6)
+        difference = (view.nllh(x + e) - view.nllh(x - e)) / (2 * h)
+        np.testing.assert_allclose(loss_gradient[i], difference, rtol=1e-5, atol=1e-6)
 
 
 def test_profiled_objective_compiles_once_inside_the_users_jit_and_vmaps(synthetic):

@@ -187,8 +187,10 @@ def fit_petab(
       the best rises from 35 % to 53 % with a cap of 1.
     - `gtol`: a start has converged when ``g^T G^-1 g < gtol`` (about twice the
       decrease of the nllh that one more Gauss-Newton step would give) or, for the
-      steps, its nllh stopped changing over a chunk. A start of the steps stops inside
-      a chunk when it meets `gtol` with its mass not raised by rejected steps.
+      steps, its nllh stopped changing over a chunk. For the steps ``G`` has the
+      adaptive mass at its least (`StepState.undamped_norm2`): on a plateau, where the
+      model hardly depends on ``x``, the mass alone would make the norm small. A start
+      of the steps stops inside a chunk when it meets `gtol`.
     - `retries`: for ``"steps"``, how often a rejected step is tried again within the
       same iteration with 4 times the mass, from the same Jacobian (a loss evaluation
       and a solve each; `AdaptiveMass`), so that more iterations move. Each try costs a
@@ -379,7 +381,7 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
         runners["flow"] = jax.jit(jax.vmap(run_flow))
         return runners
 
-    adaptive = AdaptiveMass(min_scale=1e-8, retries=retries)
+    adaptive = AdaptiveMass(min_scale=1e-8, retries=retries, undamped_norm=True)
     # Coleman-Li scaling keeps the bounds (see `modopt.Box`): without it, a start whose
     # path runs along a bound more often ends in another basin (Bruno: 57 % of 100
     # starts within 2 of the best, against 67 % with it, in a NumPy replica).
@@ -390,10 +392,11 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
     def run_chunk(x, state):
         # A start that meets gtol stops inside the chunk: alone in its batch it then
         # costs no more solves (in a larger batch it waits, masked, for the others).
-        # Not while its mass is raised by rejected steps, which also makes the norm small.
+        # The norm without the damping: a large mass (rejected steps, or the first steps
+        # on a plateau where the model hardly depends on x) also makes the norm small.
         def going(carry):
             _, state, count = carry
-            return (count < chunk) & ~((state.riemannian_norm2 < gtol) & (state.mass_scale <= 1))
+            return (count < chunk) & ~(state.undamped_norm2 < gtol)
 
         def body(carry):
             x, state, count = carry
@@ -589,7 +592,7 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, abandon,
         # projected step is zero but the gradient is not) no progress over a chunk.
         with np.errstate(invalid="ignore"):
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
-        converged[ids] = (np.asarray(state.riemannian_norm2)[live] < gtol) | stalled
+        converged[ids] = (np.asarray(state.undamped_norm2)[live] < gtol) | stalled
         best = np.nanmin(values) if np.isfinite(values).any() else np.nan
         if abandon is not None:
             chunks_left = -(-(iterations - done[ids]) // chunk)

@@ -263,6 +263,19 @@ class ProfiledPetab(AbstractPetabObjective):
         full, values = self._profile(x)
         return list(self.problem._per_observable(full, values))
 
+    def _fisher_parts(self, x):
+        """`_parts` with the profiled noise levels held constant in the derivatives.
+
+        Their derivative does not change the gradient (the nllh is stationary in them),
+        but through it the standardised residuals of a noise level keep a constant norm,
+        so ``J^T J`` of the outputs would lose the gradient's direction; held constant,
+        it is the Fisher information at the profiled noise, the Gauss-Newton metric of
+        ``n/2 log(sum r^2)``."""
+        full, values = self._profile(x)
+        noise = self.inner_positions[~self._is_scaling]
+        full = full.at[noise].set(jax.lax.stop_gradient(full[noise]))
+        return list(self.problem._per_observable(full, values))
+
     def __repr__(self):
         inner = ", ".join(f"{c.parameter_id} ({c.kind})" for c in self.inner)
         return f"ProfiledPetab({self.yaml_path.name}: {len(self.x_ids)} estimated; {inner})"

@@ -221,15 +221,19 @@ class AbstractPetabObjective(abc.ABC):
     def _simulations(self, x):
         return self._summary(x)["simulations"]
 
-    def _residual_parts(self, x, noise_term):
-        parts, noise = [], []
-        for o, m, h, sigma in self._parts(x):
+    def _fisher_parts(self, x) -> list:
+        """`_parts` as the metric sees them (see `_fisher_outputs`)."""
+        return self._parts(x)
+
+    def _residual_parts(self, parts, noise_term):
+        z_parts, noise = [], []
+        for o, m, h, sigma in parts:
             z = _standardized(m, h, sigma, o.transformation)
             if o.distribution == "laplace":
                 z = jnp.sign(z) * jnp.sqrt(2 * jnp.abs(z))
-            parts.append(z)
+            z_parts.append(z)
             noise.append(noise_term(sigma))
-        return jnp.concatenate(parts + (noise if self._noise_is_estimated else []))
+        return jnp.concatenate(z_parts + (noise if self._noise_is_estimated else []))
 
     def _residuals(self, x):
         """Residuals ``r`` with ``0.5 |r|^2 = nllh + const`` (the least-squares form).
@@ -240,7 +244,7 @@ class AbstractPetabObjective(abc.ABC):
         (`SIGMA_RESIDUAL_OFFSET`), the trick AMICI uses for least-squares optimisers.
         """
         return self._residual_parts(
-            x, lambda sigma: jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
+            self._parts(x), lambda sigma: jnp.sqrt(2 * jnp.log(sigma) + SIGMA_RESIDUAL_OFFSET))
 
     def _fisher_outputs(self, x):
         """``z`` then, when the noise is estimated, ``sqrt(2) log sigma`` per measurement.
@@ -250,7 +254,8 @@ class AbstractPetabObjective(abc.ABC):
         ``(2 + z^2)`` times that of ``log sigma`` (3 in expectation instead of 2): close to
         the Fisher information, unlike the ``sqrt(2 log sigma + C)`` residual, whose
         ``J^T J`` for the noise is about ``1 / C`` of it."""
-        return self._residual_parts(x, lambda sigma: math.sqrt(2.0) * jnp.log(sigma))
+        return self._residual_parts(self._fisher_parts(x),
+                                    lambda sigma: math.sqrt(2.0) * jnp.log(sigma))
 
     def residual_constant(self):
         """``nllh(x) - 0.5 |residuals(x)|^2``, independent of ``x`` for normal noise."""
