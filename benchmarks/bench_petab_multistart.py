@@ -62,33 +62,36 @@ def _problem_path(name):
 
 
 def _variant(method):
-    """``(base, local, full, every)`` of a method name ``base[-local][-full][-all]``:
-    ``-local`` without `PlateauEscape`, ``-full`` with every estimated parameter fitted
-    (no hierarchical profiling of scaling and noise parameters), ``-all`` with every
-    start run to its own end (no `EarlyAbandon`)."""
+    """``(base, local, hierarchical, every)`` of a method name
+    ``base[-local][-full|-noise][-all]``: ``-local`` without `PlateauEscape`; what is
+    profiled out (`fit_petab`'s `hierarchical`): ``"auto"`` (the default), nothing with
+    ``-full``, scalings and noise levels with ``-noise``; ``-all`` with every start run to
+    its own end (no `EarlyAbandon`)."""
     base, *flags = method.split("-")
-    return base, "local" in flags, "full" in flags, "all" in flags
+    hierarchical = False if "full" in flags else True if "noise" in flags else "auto"
+    return base, "local" in flags, hierarchical, "all" in flags
 
 
-def _objective(problem, starts, full):
-    """The objective a method moves on and its starts: the profiled problem (the
-    scaling and noise parameters in closed form) unless `full`."""
-    from modopt.bio.hierarchical import profiled
+def _objective(problem, starts, hierarchical):
+    """The objective a method moves on, as `fit_petab(hierarchical=...)` makes it, and
+    its starts."""
+    from modopt.bio.hierarchical import KINDS, automatic_kinds, profiled
 
-    objective = problem if full else profiled(problem)
+    kinds = {True: KINDS, False: (), "auto": automatic_kinds(problem)}[hierarchical]
+    objective = profiled(problem, kinds)
     outer = getattr(objective, "outer_positions", slice(None))
     return objective, np.asarray(starts)[:, outer]
 
 
 def run_modopt(problem, starts, method, iterations):
-    """`method`: "steps" or "flow" (with `PlateauEscape`, hierarchical profiling and
+    """`method`: "steps" or "flow" (with `PlateauEscape`, the scalings profiled out and
     `EarlyAbandon`, the defaults), with "-local" (``escape=None``), "-full"
-    (``hierarchical=False``), "-all" (``abandon=None``)."""
+    (``hierarchical=False``), "-noise" (``hierarchical=True``), "-all" (``abandon=None``)."""
     from modopt.bio import EarlyAbandon, PlateauEscape, fit_petab
 
-    base, local, full, every = _variant(method)
+    base, local, hierarchical, every = _variant(method)
     options = dict(method=base, iterations=iterations,
-                   escape=None if local else PlateauEscape(), hierarchical=not full,
+                   escape=None if local else PlateauEscape(), hierarchical=hierarchical,
                    abandon=None if every else EarlyAbandon())
     fit_petab(problem, starts, compile_only=True, **options)
     fit = fit_petab(problem, starts, progress=False, **options)
@@ -112,10 +115,10 @@ def _jitted_objective(problem, x):
     return residuals, jacobian, nllh
 
 
-def run_trf(problem, starts, iterations, full):
+def run_trf(problem, starts, iterations, hierarchical):
     from scipy.optimize import least_squares
 
-    problem, starts = _objective(problem, starts, full)
+    problem, starts = _objective(problem, starts, hierarchical)
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
 
     def fit(x0):
@@ -128,7 +131,7 @@ def run_trf(problem, starts, iterations, full):
     return _one_by_one(fit, nllh, starts)
 
 
-def run_fides(problem, starts, iterations, full):
+def run_fides(problem, starts, iterations, hierarchical):
     """fides (the reference stack's optimizer: reflective trust region, 2D subspace) with
     the Fisher-information (Gauss-Newton) Hessian, as pyPESTO runs it on AMICI."""
     try:
@@ -138,7 +141,7 @@ def run_fides(problem, starts, iterations, full):
                          "fides` (a benchmark peer, not a modopt dependency)") from error
     import logging
 
-    problem, starts = _objective(problem, starts, full)
+    problem, starts = _objective(problem, starts, hierarchical)
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
 
     def objective(x):
@@ -191,7 +194,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--methods", nargs="*", default=["steps", "trf", "flow"],
                         help="steps, flow, trf, fides; -local: no plateau escape (steps, "
-                             "flow); -full: no profiling of scaling and noise parameters; "
+                             "flow); -full: no parameter profiled out; -noise: noise levels too; "
                              "-all: no abandoned starts (steps)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -210,10 +213,10 @@ def main():
         problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
         for method in args.methods:
-            base, _, full, _ = _variant(method)
+            base, _, hierarchical, _ = _variant(method)
             if base in PEERS:
                 values, converged, failed, seconds = PEERS[base](problem, starts,
-                                                                 args.iterations, full)
+                                                                 args.iterations, hierarchical)
                 extra = {}
             else:
                 values, converged, failed, seconds, extra = run_modopt(
@@ -294,9 +297,10 @@ def report(runs, commands, args):
             "ode": "Kvaerno5 rtol 1e-6 atol 1e-8 max_steps 20000, forward sensitivities",
             "modopt": ("fit_petab defaults: batch_size auto (1 or 8), max_step 1, mass 1e-3, "
                        "retries 0, Coleman-Li box, PlateauEscape (points 17, null_tolerance 1e-6, "
-                       "min_gain 1, rounds 2), hierarchical, EarlyAbandon (factor 10, margin "
-                       "2); '-local': escape=None; '-all': abandon=None; "
-                       "'-full': hierarchical=False (also for trf and fides)"),
+                       "min_gain 1, rounds 2), hierarchical 'auto', EarlyAbandon (factor 10, "
+                       "margin 2); '-local': escape=None; '-all': abandon=None; "
+                       "'-full': hierarchical=False, '-noise': hierarchical=True (also for "
+                       "trf and fides)"),
             "fides": "fides 0.8.0, Fisher-information Hessian, maxiter = iterations",
             "seed": args.seed, **machine_info(np.float64)}
     runs_md = "\n".join(f"    {c}" for c in commands)
@@ -312,14 +316,17 @@ def report(runs, commands, args):
                 "Fisher-metric gradient norm below gtol or no progress over a chunk; trf: "
                 "scipy's status > 0; fides: its exit flag > 0), which also stops on "
                 "plateaus and local minima. "
-                "Methods: steps and flow profile out scaling and noise parameters "
-                "(`fit_petab(hierarchical=True)`; trf and fides then run on the same "
-                "profiled objective) and scan the flat directions of the Fisher metric where "
-                "a start ends (`PlateauEscape`); the steps abandon starts that cannot catch up "
-                "with the best so far (`EarlyAbandon`). '-local': without the scan; '-all': "
-                "no start abandoned; '-full': every estimated parameter fitted (rows "
-                "measured before 2026-12-06, when the commands above named them without "
-                "'-full'). "
+                "Methods: steps and flow profile out scaling parameters, and the noise "
+                "level where one covers every measurement (Elowitz, Perelson; "
+                "`fit_petab(hierarchical='auto')`, the default; trf and fides then run on "
+                "the same profiled objective) and scan the flat directions of the Fisher "
+                "metric where a start ends (`PlateauEscape`); the steps abandon starts that "
+                "cannot catch up with the best so far (`EarlyAbandon`). '-local': without "
+                "the scan; '-all': no start abandoned; '-full': every estimated parameter "
+                "fitted (rows measured before 2026-12-06, when the commands above named "
+                "them without '-full'); '-noise': every noise level profiled out too "
+                "(Boehm's rows with it were measured under the plain name before "
+                "2026-12-06's 'auto'). "
                 "A row is from the last command above that names its problem and method.\n")
     write_results("petab_multistart", rows, meta, markdown)
     path = ROOT / "benchmarks/results/petab_multistart.json"

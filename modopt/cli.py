@@ -142,6 +142,8 @@ def _fit_petab(args) -> int:
 
     if not args.problem.is_file():
         raise SystemExit(f"modopt fit-petab: no PEtab yaml file at {args.problem}")
+    if "auto" in args.profile and len(args.profile) > 1:
+        raise SystemExit("modopt fit-petab: --profile takes 'auto' alone or kinds")
     try:
         problem = load_petab(args.problem, rtol=args.rtol, atol=args.atol,
                              max_steps=args.max_steps)
@@ -152,7 +154,7 @@ def _fit_petab(args) -> int:
                        mass=args.mass, max_step=args.max_step or None,
                        batch_size=args.batch_size if args.batch_size != 0 else None,
                        escape=None if args.no_escape else PlateauEscape(),
-                       hierarchical=not args.no_hierarchical,
+                       hierarchical="auto" if "auto" in args.profile else tuple(args.profile),
                        abandon=None if args.no_abandon else EarlyAbandon(), seed=args.seed)
     out = Path(args.out) / f"fit-petab-{args.problem.stem}-{args.method}"
     summary = write_fit_report(problem, result, out, args.reference_nllh)
@@ -190,10 +192,12 @@ def main(argv=None) -> int:
     fit.add_argument("--no-escape", action="store_true",
                      help="end where the local method ends (default: scan the flat "
                      "directions of the Fisher metric and fit again from a lower point)")
-    fit.add_argument("--no-hierarchical", action="store_true",
-                     help="fit every estimated parameter (default: scaling and noise "
-                     "parameters that only the observables use are profiled out in "
-                     "closed form)")
+    fit.add_argument("--profile", nargs="*", choices=("auto", "scaling", "noise"),
+                     default=["auto"], metavar="KIND",
+                     help="kinds of parameters that only the observables use to profile out "
+                     "in closed form: scaling, noise, or auto (the default: the scalings, "
+                     "and the noise level when one covers every measurement); "
+                     "'--profile' alone: none")
     fit.add_argument("--no-abandon", action="store_true",
                      help="run every start to its own end (default: the steps abandon a start "
                      "whose pace cannot bring it within 2 of the best nllh found so far)")

@@ -15,7 +15,7 @@ import pytest
 
 import modopt.bio.fit as fit_module
 from modopt.bio import fit_petab, load_petab
-from modopt.cli import _recovery_problem
+from modopt.cli import _recovery_problem, main
 from modopt.systems.recovery import recover
 
 DATA = Path(__file__).parent / "data"
@@ -42,6 +42,17 @@ def test_fit_petab_command_shards_starts_marks_blow_ups_and_finds_the_published_
     assert sum(summary["status_counts"].values()) == 8
     for name in ("starts.csv", "starts.md", "waterfall.png", "best_fit.png"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("profile, expected", [
+    (["--profile"], []), (["--profile", "noise"], ["sd_task0_model0_perelson1_V"])])
+def test_fit_petab_command_profiles_the_kinds_it_is_given(tmp_path, profile, expected):
+    main(["fit-petab", str(PERELSON), "--starts", "2", "--iterations", "2", "--no-escape",
+          "--out", str(tmp_path), *profile])
+    out = tmp_path / "fit-petab-Perelson_Science1996-steps"
+    assert json.loads((out / "summary.json").read_text())["profiled"] == expected
+    with pytest.raises(SystemExit, match="'auto' alone or kinds"):
+        main(["fit-petab", str(PERELSON), "--profile", "auto", "noise"])
 
 
 def test_fit_petab_rejects_bad_arguments():

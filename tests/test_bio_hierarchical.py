@@ -15,7 +15,7 @@ from helpers import assert_compiles_once_under_jit_and_vmaps
 from scipy.optimize import least_squares, minimize
 
 from modopt.bio import ProfiledPetab, fit_petab, load_petab
-from modopt.bio.hierarchical import find_inner_parameters, profiled
+from modopt.bio.hierarchical import automatic_kinds, find_inner_parameters, profiled
 
 DATA = Path(__file__).parent / "data"
 BENCHMARKS = DATA / "petab"
@@ -96,17 +96,20 @@ def test_inner_parameters_follow_the_rules(synthetic):
     assert set(profiled_problem.x_ids) == set(synthetic.x_ids) - set(inner)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("Boehm_JProteomeRes2014", {"sd_pSTAT5A_rel", "sd_pSTAT5B_rel", "sd_rSTAT5A_rel"}),
-    ("Bruno_JExpBot2016", set()),
-    ("Elowitz_Nature2000", {"sigma"}),
+@pytest.mark.parametrize("name, expected, automatic", [
+    ("Boehm_JProteomeRes2014", {"sd_pSTAT5A_rel", "sd_pSTAT5B_rel", "sd_rSTAT5A_rel"},
+     ("scaling",)),  # three noise levels, each of one observable
+    ("Bruno_JExpBot2016", set(), ("scaling",)),
+    ("Elowitz_Nature2000", {"sigma"}, ("scaling", "noise")),
     ("Fiedler_BMCSystBiol2016", {f"s_{o}_{day}_gel{g}" for o in ("pErk", "pMek")
-                                 for day in ("20140430", "20140505") for g in (1, 2)}),
-    ("Perelson_Science1996", {"sd_task0_model0_perelson1_V"}),
+                                 for day in ("20140430", "20140505") for g in (1, 2)},
+     ("scaling",)),
+    ("Perelson_Science1996", {"sd_task0_model0_perelson1_V"}, ("scaling", "noise")),
 ])
-def test_inner_parameters_of_the_benchmark_problems(name, expected):
+def test_inner_parameters_of_the_benchmark_problems(name, expected, automatic):
     problem = load_petab(BENCHMARKS / name / f"{name}.yaml")
     assert {c.parameter_id for c in find_inner_parameters(problem)} == expected
+    assert automatic_kinds(problem) == automatic
     # Fiedler's noise is relative to its scalings, which are profiled: sigma stays fitted.
     assert profiled(problem) is problem if not expected else isinstance(
         profiled(problem), ProfiledPetab)
@@ -117,10 +120,14 @@ def _outer_points(problem, count, seed):
     return rng.uniform(problem.lower, problem.upper, (count, len(problem.x_ids)))
 
 
-def test_profiled_values_are_the_minimum_over_the_inner_parameters(synthetic):
+KIND_SETS = [("scaling", "noise"), ("scaling",), ("noise",)]
+
+
+@pytest.mark.parametrize("kinds", KIND_SETS)
+def test_profiled_values_are_the_minimum_over_the_inner_parameters(synthetic, kinds):
     """At random outer parameters, the profiled nllh is the full nllh at `complete`, and
-    no point that scipy's L-BFGS-B finds from several inner starts is lower."""
-    view = ProfiledPetab(synthetic)
+    no point that scipy's Powell finds from several inner starts is lower."""
+    view = profiled(synthetic, kinds)
     inner = view.inner_positions
     bounds = list(zip(synthetic.lower[inner], synthetic.upper[inner], strict=True))
     for x in _outer_points(view, 3, 1):
@@ -143,13 +150,16 @@ def test_profiled_values_are_the_minimum_over_the_inner_parameters(synthetic):
         assert polished.fun >= value - 1e-9
 
 
-def test_profiled_derivatives_match_central_differences(synthetic):
-    view = ProfiledPetab(synthetic)
+@pytest.mark.parametrize("kinds", KIND_SETS)
+def test_profiled_derivatives_match_central_differences(synthetic, kinds):
+    view = profiled(synthetic, kinds)
     x = jnp.asarray(_outer_points(view, 1, 3)[0])
     outputs = jax.jit(view._residuals)
     gradient = jax.jit(jax.jacfwd(view.nllh))(x)
     jacobian = jax.jit(jax.jacfwd(view._residuals))(x)
-    h = 1e-6
+    # The nllh here is ~1e5 (noise levels far from the data's): a step of 1e-5 keeps the
+    # rounding error of its differences (1e-16 * nllh / h) below the tolerance.
+    h = 1e-5
     for i in range(len(x)):
         e = jnp.zeros_like(x).at[i].set(h)
         difference = (view.nllh(x + e) - view.nllh(x - e)) / (2 * h)
@@ -200,6 +210,25 @@ def test_bad_input_is_a_clear_error(synthetic):
     bruno = load_petab(BENCHMARKS / "Bruno_JExpBot2016/Bruno_JExpBot2016.yaml")
     with pytest.raises(ValueError, match="no scaling or noise parameter"):
         ProfiledPetab(bruno)
+    with pytest.raises(ValueError, match="kinds must be among"):
+        profiled(synthetic, ("offset",))
+    for bad in ("noise", ("scaling", "sigma"), 1):
+        with pytest.raises(ValueError, match="hierarchical must be a bool, 'auto' or a tuple"):
+            fit_petab(synthetic, 2, hierarchical=bad)
+
+
+def test_a_subset_of_kinds_profiles_only_those_and_auto_leaves_several_noise_levels(
+        synthetic):
+    scalings, noise = profiled(synthetic, ("scaling",)), profiled(synthetic, ("noise",))
+    assert sorted(c.parameter_id for c in scalings.inner) == ["s_abs", "s_rel"]
+    assert sorted(c.parameter_id for c in noise.inner) == ["sd_lap", "sd_log"]
+    assert profiled(synthetic, ()) is synthetic
+    assert profiled(synthetic, ("noise", "scaling")) is profiled(synthetic)  # made once
+    # Two noise levels, each of some rows: "auto" leaves them fitted.
+    assert automatic_kinds(synthetic) == ("scaling",)
+    fit = fit_petab(synthetic, 1, iterations=2, escape=None, progress=False)
+    assert sorted(fit.info["profiled"]) == ["s_abs", "s_rel"]
+    assert fit.x.shape == (1, len(synthetic.x_ids))
 
 
 def test_fit_reaches_the_least_squares_optimum_and_reports_all_parameters(synthetic):
@@ -214,7 +243,7 @@ def test_fit_reaches_the_least_squares_optimum_and_reports_all_parameters(synthe
                               xtol=1e-12, ftol=1e-12, gtol=1e-12)
     best_known = float(synthetic.nllh(reference.x))
     fit = fit_petab(synthetic, 4, iterations=60, escape=None, batch_size=1, progress=False,
-                    seed=1)
+                    seed=1, hierarchical=True)
     assert fit.x.shape == (4, len(synthetic.x_ids)) and fit.x_ids == synthetic.x_ids
     assert sorted(fit.info["profiled"]) == ["s_abs", "s_rel", "sd_lap", "sd_log"]
     for x, value in zip(fit.x, fit.nllh, strict=True):

@@ -5,7 +5,8 @@ developmental systems.
   `SBMLModule`: chosen parameters of it as a modopt module.
 - `load_petab`: a PEtab problem as a JAX objective (`PetabProblem.nllh`, ...).
 - `ProfiledPetab`: the objective with scaling and noise parameters profiled out in
-  closed form (hierarchical optimisation; `find_inner_parameters` lists them).
+  closed form (hierarchical optimisation; `find_inner_parameters` lists them,
+  `automatic_kinds` says which kinds `fit_petab` profiles out by default).
 - `fit_petab`: many starts as one vmapped batch, leaving flat directions of the Fisher
   metric by `PlateauEscape` and abandoning starts that cannot catch up
   (`EarlyAbandon`); `write_fit_report`: table and plots.
@@ -15,7 +16,7 @@ developmental systems.
 from .abandon import EarlyAbandon
 from .errors import PetabError, SBMLError, SBMLUnsupportedError
 from .fit import MultistartResult, fit_petab, latin_hypercube_starts
-from .hierarchical import InnerParameter, ProfiledPetab, find_inner_parameters
+from .hierarchical import InnerParameter, ProfiledPetab, automatic_kinds, find_inner_parameters
 from .petab import AbstractPetabObjective, PetabProblem, load_petab
 from .plateaus import PlateauEscape
 from .report import write_fit_report

@@ -35,7 +35,7 @@ from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
 from .abandon import EarlyAbandon
 from .batch_sizes import BatchSizeChooser
-from .hierarchical import profiled
+from .hierarchical import KINDS, automatic_kinds, profiled
 from .petab import AbstractPetabObjective, PetabProblem
 from .plateaus import PlateauEscape
 
@@ -161,7 +161,7 @@ def fit_petab(
     seed: int = 0,
     batch_size: int | str | None = "auto",
     escape: PlateauEscape | None = PlateauEscape(),
-    hierarchical: bool = True,
+    hierarchical: bool | str | tuple[str, ...] = "auto",
     abandon: EarlyAbandon | None = EarlyAbandon(),
     progress: bool = True,
     compile_only: bool = False,
@@ -210,12 +210,16 @@ def fit_petab(
       the best point when it is lower (`PlateauEscape`); ``None`` to end where the local
       method ends. On Bruno (100 starts) it takes the share within 2 of the best from
       64 % to 100 %.
-    - `hierarchical`: profile out the scaling and noise parameters that only the
-      observables use (`ProfiledPetab`, `find_inner_parameters`): the fit moves the
-      others, and every evaluation uses the best scalings and noise levels for them,
-      from closed forms. The results still hold all parameters. ``False`` fits all
-      estimated parameters alike (better for the steps on Boehm_JProteomeRes2014: 6 %
-      of 100 starts within 2 of the best against 1 %; see docs/bio.md).
+    - `hierarchical`: the kinds of inner parameters to profile out (`ProfiledPetab`,
+      `find_inner_parameters`), a tuple of ``"scaling"`` (scaling factors of relative
+      data) and ``"noise"`` (noise levels); ``True`` for both, ``False`` for none;
+      ``"auto"`` (the default, `automatic_kinds`): the scalings, and the noise level
+      when a single one covers every measurement (several profiled noise levels
+      reweight the observables by how well each is fitted, which led the steps to other
+      basins on Boehm_JProteomeRes2014: 1 % of 100 starts within 2 of the best against
+      6 %; see docs/bio.md). The fit moves the other parameters, and every evaluation
+      uses the best values of the profiled ones for them, from closed forms. The results
+      still hold all parameters.
     - `abandon`: for ``"steps"``, stop a start whose pace cannot bring it within
       `abandon.margin` of the best nllh found so far (`EarlyAbandon`; status
       ``"abandoned"``, with its nllh where it stopped); ``None`` to run every start to its
@@ -230,8 +234,8 @@ def fit_petab(
     keeps its last good parameters and their nllh (for the flow, its start). No start
     stops the others.
 
-    **Raises:** `ValueError` for a bad `method`, `retries`, `batch_size` or `escape`, or starts of
-    the wrong shape.
+    **Raises:** `ValueError` for a bad `method`, `retries`, `batch_size`, `escape` or
+    `hierarchical`, or starts of the wrong shape.
     """
     if method not in ("steps", "flow"):
         raise ValueError(f"fit_petab: method must be 'steps' or 'flow', got {method!r}")
@@ -250,9 +254,14 @@ def fit_petab(
         raise ValueError(f"fit_petab: escape must be a PlateauEscape or None, got {escape!r}")
     if not (abandon is None or isinstance(abandon, EarlyAbandon)):
         raise ValueError(f"fit_petab: abandon must be an EarlyAbandon or None, got {abandon!r}")
+    kinds = ((KINDS if hierarchical else ()) if isinstance(hierarchical, bool)
+             else automatic_kinds(problem) if hierarchical == "auto" else hierarchical)
+    if not isinstance(kinds, (tuple, list)) or not set(kinds) <= set(KINDS):
+        raise ValueError(f"fit_petab: hierarchical must be a bool, 'auto' or a tuple of kinds "
+                         f"among {KINDS}, got {hierarchical!r}")
     count = x0.shape[0]
     began = time.perf_counter()
-    objective = profiled(problem) if hierarchical else problem
+    objective = profiled(problem, kinds)
     # The fit moves the parameters that are not profiled out; x0 and the results hold all.
     outer = getattr(objective, "outer_positions", slice(None))
     runners = _runners(objective, method, iterations, chunk, mass, max_step, s1, gtol,
