@@ -75,16 +75,15 @@ def _variant(method):
 def _objective(problem, starts, hierarchical):
     """The objective a method moves on, as `fit_petab(hierarchical=...)` makes it, and
     its starts."""
-    from modopt.bio.hierarchical import KINDS, automatic_kinds, profiled
+    from modopt.bio.hierarchical import kinds_to_profile, profiled
 
-    kinds = {True: KINDS, False: (), "auto": automatic_kinds(problem)}[hierarchical]
-    objective = profiled(problem, kinds)
+    objective = profiled(problem, kinds_to_profile(problem, hierarchical))
     outer = getattr(objective, "outer_positions", slice(None))
     return objective, np.asarray(starts)[:, outer]
 
 
 def run_modopt(problem, starts, method, iterations):
-    """`method`: "steps" or "flow" (with `PlateauEscape`, the scalings profiled out and
+    """`method`: "steps" or "flow" (with `PlateauEscape`, ``hierarchical="auto"`` and
     `EarlyAbandon`, the defaults), with "-local" (``escape=None``), "-full"
     (``hierarchical=False``), "-noise" (``hierarchical=True``), "-all" (``abandon=None``)."""
     from modopt.bio import EarlyAbandon, PlateauEscape, fit_petab

@@ -35,7 +35,7 @@ from ..flow import flow
 from ..steps import AdaptiveMass, RiemannianSteps
 from .abandon import EarlyAbandon
 from .batch_sizes import BatchSizeChooser
-from .hierarchical import KINDS, automatic_kinds, profiled
+from .hierarchical import kinds_to_profile, profiled
 from .petab import AbstractPetabObjective, PetabProblem
 from .plateaus import PlateauEscape
 
@@ -254,11 +254,10 @@ def fit_petab(
         raise ValueError(f"fit_petab: escape must be a PlateauEscape or None, got {escape!r}")
     if not (abandon is None or isinstance(abandon, EarlyAbandon)):
         raise ValueError(f"fit_petab: abandon must be an EarlyAbandon or None, got {abandon!r}")
-    kinds = ((KINDS if hierarchical else ()) if isinstance(hierarchical, bool)
-             else automatic_kinds(problem) if hierarchical == "auto" else hierarchical)
-    if not isinstance(kinds, (tuple, list)) or not set(kinds) <= set(KINDS):
-        raise ValueError(f"fit_petab: hierarchical must be a bool, 'auto' or a tuple of kinds "
-                         f"among {KINDS}, got {hierarchical!r}")
+    try:
+        kinds = kinds_to_profile(problem, hierarchical)
+    except ValueError as error:
+        raise ValueError(f"fit_petab: {error}") from None
     count = x0.shape[0]
     began = time.perf_counter()
     objective = profiled(problem, kinds)

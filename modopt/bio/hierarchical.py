@@ -307,6 +307,19 @@ def automatic_kinds(problem: AbstractPetabObjective) -> tuple[str, ...]:
     return KINDS if whole else ("scaling",)
 
 
+def kinds_to_profile(problem: AbstractPetabObjective, hierarchical) -> tuple[str, ...]:
+    """The kinds of inner parameters that `fit_petab`'s `hierarchical` asks for: ``True``
+    both, ``False`` none, ``"auto"`` `automatic_kinds` ``(problem)``, or a tuple of kinds.
+
+    **Raises:** `ValueError` for anything else."""
+    kinds = ((KINDS if hierarchical else ()) if isinstance(hierarchical, bool)
+             else automatic_kinds(problem) if hierarchical == "auto" else hierarchical)
+    if not isinstance(kinds, (tuple, list)) or not set(kinds) <= set(KINDS):
+        raise ValueError(f"hierarchical must be a bool, 'auto' or a tuple of kinds among "
+                         f"{KINDS}, got {hierarchical!r}")
+    return tuple(kinds)
+
+
 def profiled(problem: AbstractPetabObjective,
              kinds: tuple[str, ...] = KINDS) -> AbstractPetabObjective:
     """``ProfiledPetab(problem)`` with the inner parameters of `kinds` (``"scaling"``,
