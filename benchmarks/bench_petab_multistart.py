@@ -204,9 +204,9 @@ def main():
     from modopt.bio import latin_hypercube_starts, load_petab
 
     # Earlier runs of the same protocol are kept: a run of some problems or methods
-    # replaces only their rows (so a long benchmark can be done in parts).
-    runs, commands = _earlier_runs(args)
-    commands.append(command_line())
+    # replaces only their rows (so a long benchmark can be done in parts, and parts can
+    # run at once: the file is read again before each write).
+    logged = False
     for short in args.problems:
         name = next(n for n in PROBLEMS if n.startswith(short))
         problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
@@ -222,6 +222,10 @@ def main():
                     problem, starts, method, args.iterations)
             print(f"{name} {method}: best {np.nanmin(values):.3f}, {seconds:.0f} s {extra}",
                   flush=True)
+            runs, commands = _earlier_runs(args)
+            if not logged:
+                commands.append(command_line())
+                logged = True
             runs[(name, method)] = {
                 "problem": name, "method": method, "wall_time_s": float(seconds),
                 "nllh": [None if not np.isfinite(v) else float(v) for v in values],
