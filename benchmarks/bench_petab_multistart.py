@@ -13,7 +13,9 @@ Jacobian are compiled once).
     .venv/bin/python benchmarks/bench_petab_multistart.py --problems Boehm Bruno --starts 20
 
 Reads ``../shared/data/petab`` (or ``tests/data/petab``); writes
-``benchmarks/results/petab_multistart.{json,md}``.
+``benchmarks/results/petab_multistart.{json,md}`` for the protocol's 100 starts, 100
+iterations and seed 0, else ``petab_multistart_{starts}starts_{iterations}it_seed{seed}``
+(so a smaller or another run never replaces the protocol's rows).
 """
 
 from __future__ import annotations
@@ -234,9 +236,15 @@ def main():
             report(runs, commands, args)  # after every run: a long benchmark keeps its results
 
 
+def _results_name(args):
+    if (args.starts, args.iterations, args.seed) == (100, 100, 0):
+        return "petab_multistart"
+    return f"petab_multistart_{args.starts}starts_{args.iterations}it_seed{args.seed}"
+
+
 def _earlier_runs(args):
     """Runs stored in the results JSON by the same protocol (starts, iterations, seed)."""
-    path = ROOT / "benchmarks/results/petab_multistart.json"
+    path = ROOT / f"benchmarks/results/{_results_name(args)}.json"
     if not path.is_file():
         return {}, []
     stored = json.loads(path.read_text())
@@ -331,8 +339,8 @@ def report(runs, commands, args):
                 "(Boehm's rows with it were measured under the plain name before "
                 "2026-12-06's 'auto'). "
                 "A row is from the last command above that names its problem and method.\n")
-    write_results("petab_multistart", rows, meta, markdown)
-    path = ROOT / "benchmarks/results/petab_multistart.json"
+    write_results(_results_name(args), rows, meta, markdown)
+    path = ROOT / f"benchmarks/results/{_results_name(args)}.json"
     stored = json.loads(path.read_text())
     stored["runs"] = list(runs.values())
     path.write_text(json.dumps(stored, indent=1) + "\n")
