@@ -157,7 +157,7 @@ def fit_petab(
     mass: float = 1e-3,
     max_step: float | None = 1.0,
     s1: float = 60.0,
-    ode_solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    ode_solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     gtol: float = 1e-6,
     retries: int = 0,
@@ -182,11 +182,9 @@ def fit_petab(
       of the mass, `modopt.Box`) or ``"flow"`` (the
       Riemannian flow to pseudo-time `s1`, stopping when ``g^T G^-1 g < gtol``).
     - `ode_solver`, `stepsize_controller`: for ``"flow"``, the Diffrax solver of the flow
-      and its step-size controller (``None``: ``PIDController(rtol=1e-4, atol=1e-8)``);
-      `iterations` is its step limit. Cheaper solvers get less far within that limit:
-      on Bruno_JExpBot2016 (16 starts, 100 steps) 5 ended within 2 of the best with
-      ``Tsit5`` (28 s per start), 1 with ``Bosh3`` at rtol 1e-3 (16 s), none with
-      ``Heun`` at rtol 1e-2 (13 s).
+      and its step-size controller (``None``: `modopt.flow`'s defaults, ``Tsit5`` with
+      ``PIDController(rtol=1e-4, atol=1e-8)``); `iterations` is its step limit. Cheaper
+      solvers get less far within that limit (docs/bio.md).
     - `mass`: the diagonal mass (its starting value for ``"steps"``).
     - `max_step`: for ``"steps"``, the longest step (norm of the change of the scaled
       parameters in the metric of the box, ``sqrt(sum dx^2 / v)``, which is the
@@ -259,8 +257,9 @@ def fit_petab(
                          f"{batch_size!r}")
     if not (isinstance(retries, (int, np.integer)) and retries >= 0):
         raise ValueError(f"fit_petab: retries must be an int >= 0, got {retries!r}")
-    if not isinstance(ode_solver, diffrax.AbstractSolver):
-        raise ValueError(f"fit_petab: ode_solver must be a diffrax solver, got {ode_solver!r}")
+    if not (ode_solver is None or isinstance(ode_solver, diffrax.AbstractSolver)):
+        raise ValueError("fit_petab: ode_solver must be a diffrax solver or None, got "
+                         f"{ode_solver!r}")
     if not (stepsize_controller is None
             or isinstance(stepsize_controller, diffrax.AbstractStepSizeController)):
         raise ValueError("fit_petab: stepsize_controller must be a diffrax step-size "
@@ -278,8 +277,9 @@ def fit_petab(
     objective = profiled(problem, kinds)
     # The fit moves the parameters that are not profiled out; x0 and the results hold all.
     outer = getattr(objective, "outer_positions", slice(None))
-    flow_options = ((("ode_solver", ode_solver), ("stepsize_controller", stepsize_controller))
-                    if method == "flow" else ())
+    flow_options = tuple((name, value) for name, value in (
+        ("ode_solver", ode_solver), ("stepsize_controller", stepsize_controller))
+        if method == "flow" and value is not None)
     runners = _runners(objective, method, iterations, chunk, mass, max_step, s1, gtol,
                        int(retries), flow_options)
     # Starts where the model cannot be integrated are marked and left out: in a vmapped
