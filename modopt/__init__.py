@@ -9,6 +9,7 @@ from .flow import FlowSolution, flow
 from .gradient import Direction, riemannian_direction, riemannian_gradient
 from .jacobian import AbstractJacobian, AutoJacobian, Forward, Reverse
 from .linalg import AbstractBlockSolver, AutoSolve, Primal, Woodbury
+from .rosenbrock import Ros2
 from .steps import AdaptiveMass, RiemannianSteps, StepState
 
 __version__ = "0.1.0"

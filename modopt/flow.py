@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from ._results import RESULTS
-from .gradient import riemannian_direction
+from .bounds import Box
+from .gradient import linearise, riemannian_direction
 from .jacobian import AbstractJacobian, AutoJacobian
 from .linalg import AbstractBlockSolver, AutoSolve
 from .metrics import AbstractOutputMetric
+from .rosenbrock import LinearisedFlowTerm, Ros2
 
 
 def _all_finite(tree) -> jax.Array:
@@ -129,6 +131,7 @@ def flow(
     jacobian: AbstractJacobian = AutoJacobian(),
     solver: AbstractBlockSolver = AutoSolve(),
     blocks=None,
+    box: Box | None = None,
     nonfinite_patience: int = 8,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     throw: bool = False,
@@ -139,7 +142,8 @@ def flow(
 
     - `s1`: the final pseudo-time. Near a well-posed least-squares optimum the residual
       decays like ``exp(-s)``, so ``s1 ~ log(1/tolerance)``.
-    - `ode_solver`: any Diffrax solver (default ``Tsit5()``); `stepsize_controller`
+    - `ode_solver`: any Diffrax solver (default ``Tsit5()``), or `modopt.Ros2()`, a
+      linearly implicit solver for the flow's stiffness; `stepsize_controller`
       (default ``PIDController(rtol=1e-4, atol=1e-8)``); `dt0` (``None``: automatic
       with an adaptive controller; required with ``ConstantStepSize``).
     - `gtol`: stop when ``g^T u < gtol`` (an event); ``None`` disables it.
@@ -147,8 +151,12 @@ def flow(
       `save_trajectory`: ``True`` saves the parameters at `ts` too, ``"steps"`` at every
       accepted solver step (for `modopt.diagnostics.path_action`).
     - `max_steps`: Diffrax's step limit.
-    - `nonfinite_patience`: after this many consecutive non-finite step attempts
-      (each retried with half the step) the flow ends with ``RESULTS.nonfinite_step``.
+    - `box`: bounds (`modopt.Box`): the flow then runs in the open box with the mass
+      ``(D + |g|) / v`` of `Box`, which grows without bound at a bound the flow heads
+      for, and a step that would leave the box is rejected like a non-finite one.
+    - `nonfinite_patience`: after this many consecutive non-finite (or, with a `box`,
+      outside) step attempts, each retried with half the step, the flow ends with
+      ``RESULTS.nonfinite_step``.
     - `progress_meter`: e.g. ``diffrax.TqdmProgressMeter()``.
     - `throw`: raise on failure instead of returning a result code.
 
@@ -171,8 +179,15 @@ def flow(
     def direction(p):
         return riemannian_direction(
             eqx.combine(p, static), loss_fn, inputs, targets, output_metric=output_metric,
-            mass=mass, jacobian=jacobian, solver=solver, blocks=blocks,
+            mass=mass, jacobian=jacobian, solver=solver, blocks=blocks, box=box,
         )
+
+    def linearise_at(p):
+        value, gradient, _, solve, product = linearise(
+            eqx.combine(p, static), loss_fn, inputs, targets, output_metric=output_metric,
+            mass=mass, jacobian=jacobian, solver=solver, blocks=blocks, box=box,
+        )
+        return value, gradient, solve, product
 
     def vector_field(s, p, args):
         d = direction(p)
@@ -183,7 +198,11 @@ def flow(
         return loss_fn(jax.vmap(eqx.combine(p, static))(inputs), targets)
 
     def is_good(p):
-        return jnp.isfinite(loss_at(None, p, None))
+        good = jnp.isfinite(loss_at(None, p, None))
+        if box is not None:
+            inside = jax.tree.map(lambda w, c: jnp.all(w == c), p, box.clip(p))
+            good = good & jnp.all(jnp.stack(jax.tree.leaves(inside)))
+        return good
 
     guard_type = _AdaptiveGuard if adaptive else _Guard
     guard = guard_type(stepsize_controller, nonfinite_patience, is_good)
@@ -195,8 +214,10 @@ def flow(
     event = None
     if gtol is not None:
         event = diffrax.Event(lambda s, p, args, **kw: direction(p).riemannian_norm2 < gtol)
+    term = (LinearisedFlowTerm(vector_field, linearise_at) if isinstance(ode_solver, Ros2)
+            else diffrax.ODETerm(vector_field))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), ode_solver, 0.0, s1, dt0, params,
+        term, ode_solver, 0.0, s1, dt0, params,
         saveat=diffrax.SaveAt(subs=subs), stepsize_controller=guard, event=event,
         max_steps=max_steps, throw=False, progress_meter=progress_meter,
     )

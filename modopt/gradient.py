@@ -110,7 +110,7 @@ def riemannian_direction(
     (the adaptive damping of `RiemannianSteps`). `box`: a `modopt.Box`, whose scaling
     turns the scaled mass ``D`` into ``(D + |g|) / v`` (see `Box`).
     """
-    value, gradient, predictions, solve = linearise(
+    value, gradient, predictions, solve, _ = linearise(
         model, loss_fn, inputs, targets, output_metric=output_metric, mass=mass,
         jacobian=jacobian, solver=solver, blocks=blocks, box=box)
     return Direction(value=value, gradient=gradient, direction=solve(mass_scale),
@@ -132,9 +132,13 @@ def linearise(
 ):
     """The one pass of `riemannian_direction` through the model, and its solve.
 
-    **Returns:** ``(value, gradient, predictions, solve)``; ``solve(mass_scale)`` is the
-    direction ``u`` for that multiplier of the mass, from the same Jacobian (so that a
-    rejected step can be retried with more mass without another pass).
+    **Returns:** ``(value, gradient, predictions, solve, product)``:
+    ``solve(mass_scale, rhs=None, scale_box=False)`` is ``u = G^-1 rhs`` (``rhs`` a tree
+    like the parameters, by default the gradient, so ``u`` is the direction) with the
+    mass multiplied by `mass_scale`, from the same Jacobian (so that a rejected step can
+    be retried with more mass without another pass); with a `box`, `mass_scale`
+    multiplies only the mass given, or with `scale_box` the whole scaled mass
+    ``(D + |g|) / v``. ``product(v, mass_scale=1.0, scale_box=False)`` is ``G v``.
     """
     if not isinstance(output_metric, AbstractOutputMetric):
         raise TypeError(
@@ -179,37 +183,55 @@ def linearise(
     flat_grads = part.ravel(gradient)
     distances = None if box is None else part.split(box.distance(params, gradient))
 
-    def solve(mass_scale):
-        masses = [[m * mass_scale for m in block] for block in base_masses]
-        if box is not None:
-            masses = [[(m + jnp.abs(g)) / v for m, g, v in zip(*block)]
-                      for block in zip(masses, grads, distances)]
+    def masses_for(mass_scale, scale_box):
+        if box is None:
+            return [[m * mass_scale for m in block] for block in base_masses]
+        box_scale = mass_scale if scale_box else 1.0
+        return [[(m * mass_scale + jnp.abs(g) * box_scale) / v for m, g, v in zip(*block)]
+                for block in zip(base_masses, grads, distances)]
+
+    def dense_rows(b):
+        if pull.delta[b] is None:
+            return pull.dense[b]
+        return _per_sample_linear_matrix(pull.delta[b], pull.inputs[b],
+                                         structured[b][1].bias is not None)
+
+    def solve(mass_scale, rhs=None, scale_box=False):
+        masses = masses_for(mass_scale, scale_box)
+        rhs_split, rhs_flat = ((grads, flat_grads) if rhs is None
+                               else (part.split(rhs), part.ravel(rhs)))
         directions = []
         for b, members in enumerate(part.members):
             shapes = [part.shapes[i] for i in members]
             if pull.delta[b] is not None:
                 delta, x = pull.delta[b], pull.inputs[b]
-                _, linear = structured[b]
-                has_bias = linear.bias is not None
+                has_bias = structured[b][1].bias is not None
                 rows = delta.shape[0] * delta.shape[1]
                 if solver.use_dual(rows, part.sizes[b]):
                     u_w, u_b = gram_woodbury_solve(
-                        delta, x, grads[b][0], grads[b][1] if has_bias else None,
+                        delta, x, rhs_split[b][0], rhs_split[b][1] if has_bias else None,
                         masses[b][0], masses[b][-1],
                     )
                     directions.append(
                         jnp.concatenate([u_w.reshape(-1)] + ([u_b] if has_bias else [])))
                     continue
-                k = _per_sample_linear_matrix(delta, x, has_bias)
-            else:
-                k = pull.dense[b]
+            k = dense_rows(b)
             dinv = 1 / block_diagonal(masses[b], shapes)
             use_dual = solver.use_dual(k.shape[0], part.sizes[b])
             directions.append((woodbury_solve if use_dual else primal_solve)(
-                k, flat_grads[b], dinv))
+                k, rhs_flat[b], dinv))
         return part.unravel(directions)
 
-    return value, gradient, predictions, solve
+    def product(v, mass_scale=1.0, scale_box=False):
+        masses = masses_for(mass_scale, scale_box)
+        out = []
+        for b, (members, v_b) in enumerate(zip(part.members, part.ravel(v))):
+            k = dense_rows(b)
+            diagonal = block_diagonal(masses[b], [part.shapes[i] for i in members])
+            out.append(k.T @ (k @ v_b) + diagonal * v_b)
+        return part.unravel(out)
+
+    return value, gradient, predictions, solve, product
 
 
 def riemannian_gradient(

@@ -128,7 +128,7 @@ class RiemannianSteps(eqx.Module):
 
     def update(self, model, state: StepState, loss_fn: Callable, inputs, targets):
         """One step. **Returns:** ``(updates, state)``; apply with ``eqx.apply_updates``."""
-        value, gradient, _, solve = linearise(
+        value, gradient, _, solve, _ = linearise(
             model, loss_fn, inputs, targets, output_metric=self.output_metric, mass=self.mass,
             jacobian=self.jacobian, solver=self.solver, box=self.box,
         )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffrax
 import numpy as np
 import pytest
 
@@ -70,11 +71,9 @@ def test_fit_petab_rejects_bad_arguments():
 
 
 def test_the_flow_integrates_with_the_solver_it_is_given():
-    """Bosh3 at rtol 1e-6 and the default Tsit5 both take the flow from a start 0.5 away
+    """Bosh3 at rtol 1e-6 and the default Ros2 both take the flow from a start 0.5 away
     (in log10) to the published best of Perelson (222.28), and the fits differ: each
     used its own solver."""
-    import diffrax
-
     problem = load_petab(PERELSON)
     start = np.asarray(problem.x_nominal)[None] + 0.5
     options = dict(method="flow", iterations=400, escape=None, progress=False)
@@ -182,8 +181,11 @@ def test_a_start_that_raises_inside_the_batch_is_marked_failed_and_the_others_go
         return real_call(runners, name, *args)
 
     monkeypatch.setattr(fit_module, "_call", call)
+    # With the noise level fitted too, Ros2's Gauss-Newton W is far from the flow's
+    # Jacobian at these starts and 40 steps do not reach the optimum (docs/bio.md).
+    solver = {"ode_solver": diffrax.Tsit5()} if method == "flow" else {}
     fit = fit_petab(problem, starts, method=method, iterations=40, hierarchical=False,
-                    progress=False)
+                    progress=False, **solver)
     assert fit.status[1] == "failed"
     # It raised at once, so it keeps its start and the nllh there.
     np.testing.assert_array_equal(fit.x[1], poisoned)

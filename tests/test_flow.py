@@ -131,3 +131,28 @@ def test_bad_flow_arguments():
         modopt.flow(model, modopt.losses.squared_error, a, b,
                     output_metric=modopt.metrics.Identity(), mass=1.0,
                     stepsize_controller=diffrax.ConstantStepSize())
+
+
+@pytest.mark.parametrize("ode_solver", [diffrax.Tsit5(), modopt.Ros2()])
+def test_flow_in_a_box_ends_at_the_bounded_least_squares_solution(ode_solver):
+    from scipy.optimize import lsq_linear
+
+    model, a, b = _least_squares(seed=11)
+    unbounded = np.linalg.lstsq(np.asarray(a), np.asarray(b), rcond=None)[0][:, 0]
+    # Bounds that cut off the unconstrained optimum in some coordinates.
+    upper = np.where(unbounded > 0, 0.5 * unbounded, 1.0)
+    lower = np.where(unbounded < 0, 0.5 * unbounded, -1.0)
+    reference = lsq_linear(np.asarray(a), np.asarray(b)[:, 0], bounds=(lower, upper),
+                           tol=1e-14).x
+    box = modopt.Box(eqx.tree_at(lambda m: m.weight, eqx.filter(model, eqx.is_inexact_array),
+                                 jnp.asarray(lower)[None]),
+                     eqx.tree_at(lambda m: m.weight, eqx.filter(model, eqx.is_inexact_array),
+                                 jnp.asarray(upper)[None]))
+    sol = modopt.flow(
+        model, modopt.losses.squared_error, a, b, output_metric=modopt.metrics.Identity(),
+        mass=1e-3, s1=200.0, box=box, ode_solver=ode_solver, max_steps=20_000,
+        stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-9),
+    )
+    w = np.asarray(sol.model.weight[0])
+    assert np.all(w >= lower) and np.all(w <= upper)
+    np.testing.assert_allclose(w, reference, atol=1e-4)
