@@ -183,11 +183,11 @@ def flow(
         )
 
     def linearise_at(p):
-        value, gradient, _, solve, product = linearise(
+        *_, solve, product = linearise(
             eqx.combine(p, static), loss_fn, inputs, targets, output_metric=output_metric,
             mass=mass, jacobian=jacobian, solver=solver, blocks=blocks, box=box,
         )
-        return value, gradient, solve, product
+        return solve, product
 
     def vector_field(s, p, args):
         d = direction(p)

@@ -563,10 +563,11 @@ def _flow_in_groups(runners, x0, chooser, *, gtol, progress, began, **_):
                   f"{time.perf_counter() - began:.0f} s", flush=True)
     x, value, norm2, trace = (np.concatenate(a) for a in zip(*parts))
     failed = ~np.isfinite(value)
-    # As for the steps, a flow whose nllh stopped changing (over the last fifth of its
-    # pseudo-time, its 51 save times) has converged too: where rates are far below the
-    # mass (a plateau) the norm stays above gtol while the flow stands still.
-    stalled = np.abs(trace[:, -11] - value) < 1e-6 * (1 + np.abs(value))
+    # As for the steps, a flow whose nllh stopped changing over the last fifth of its
+    # pseudo-time has converged too: where rates are far below the mass (a plateau) the
+    # norm stays above gtol while the flow stands still.
+    four_fifths = trace[:, (trace.shape[1] - 1) * 4 // 5]
+    stalled = np.abs(four_fifths - value) < 1e-6 * (1 + np.abs(value))
     return (np.where(failed[:, None], x0, x), value, ((norm2 < gtol) | stalled) & ~failed,
             trace, failed, np.zeros_like(failed))
 
