@@ -63,6 +63,15 @@ def _problem_path(name):
     raise SystemExit(f"bench_petab_multistart: no {name}.yaml under {DATA}")
 
 
+def load_problem(short):
+    """The full name of the benchmark problem whose name starts with `short`, and the
+    problem loaded as the benchmark loads it (``rtol=1e-6, atol=1e-8``)."""
+    from modopt.bio import load_petab
+
+    name = next(n for n in PROBLEMS if n.startswith(short))
+    return name, load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
+
+
 def _variant(method):
     """``(base, local, hierarchical, every)`` of a method name
     ``base[-local][-full|-noise][-all]``: ``-local`` without `PlateauEscape`; what is
@@ -203,15 +212,14 @@ def main():
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from modopt.bio import latin_hypercube_starts, load_petab
+    from modopt.bio import latin_hypercube_starts
 
     # Earlier runs of the same protocol are kept: a run of some problems or methods
     # replaces only their rows (so a long benchmark can be done in parts, and parts can
     # run at once: the file is read again before each write).
     logged = False
     for short in args.problems:
-        name = next(n for n in PROBLEMS if n.startswith(short))
-        problem = load_petab(_problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
+        name, problem = load_problem(short)
         starts = latin_hypercube_starts(problem, args.starts, args.seed)
         for method in args.methods:
             base, _, hierarchical, _ = _variant(method)

@@ -91,10 +91,9 @@ def main():
     jax.config.update("jax_enable_x64", True)
     import bench_petab_multistart as bench
 
-    from modopt.bio import latin_hypercube_starts, load_petab
+    from modopt.bio import latin_hypercube_starts
 
-    name = next(k for k in bench.PROBLEMS if k.startswith(args.problem))
-    problem = load_petab(bench._problem_path(name), rtol=1e-6, atol=1e-8, max_steps=20_000)
+    name, problem = bench.load_problem(args.problem)
     starts = latin_hypercube_starts(problem, args.starts, 0)
     residuals, jacobian, nllh = bench._jitted_objective(problem, np.asarray(starts[0]))
     lower, upper = np.asarray(problem.lower), np.asarray(problem.upper)
