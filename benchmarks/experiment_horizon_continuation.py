@@ -7,7 +7,8 @@ Jacobians (every estimated parameter fitted), from the benchmark's Latin-hypercu
 starts. Stage ``k`` fits only the residuals of measurements at times up to
 ``--horizons[k]``, with at most ``--budgets[k]`` evaluations, from where stage ``k - 1``
 ended; the last horizon should cover every measurement. One horizon equal to the last
-time point is the benchmark's trf-full.
+time point with a budget of 100 is the benchmark's trf-full (its `--iterations` are
+trf's `max_nfev`).
 
     .venv/bin/python benchmarks/experiment_horizon_continuation.py --problem Elowitz \
         --horizons 250 420 600 --budgets 30 30 40

@@ -176,17 +176,15 @@ def flow(
         raise ValueError("dt0 is required with a non-adaptive stepsize_controller.")
     ts = jnp.linspace(0.0, s1, 51, dtype=dtype) if ts is None else jnp.asarray(ts, dtype)
 
+    metric = dict(output_metric=output_metric, mass=mass, jacobian=jacobian, solver=solver,
+                  blocks=blocks, box=box)
+
     def direction(p):
-        return riemannian_direction(
-            eqx.combine(p, static), loss_fn, inputs, targets, output_metric=output_metric,
-            mass=mass, jacobian=jacobian, solver=solver, blocks=blocks, box=box,
-        )
+        return riemannian_direction(eqx.combine(p, static), loss_fn, inputs, targets, **metric)
 
     def linearise_at(p):
-        *_, solve, product = linearise(
-            eqx.combine(p, static), loss_fn, inputs, targets, output_metric=output_metric,
-            mass=mass, jacobian=jacobian, solver=solver, blocks=blocks, box=box,
-        )
+        *_, solve, product = linearise(eqx.combine(p, static), loss_fn, inputs, targets,
+                                       **metric)
         return solve, product
 
     def vector_field(s, p, args):
