@@ -141,6 +141,22 @@ def run_trf(problem, starts, iterations, hierarchical):
     return _one_by_one(fit, nllh, starts)
 
 
+def fides_objective(residuals, jacobian, evaluated=None):
+    """fides' objective ``x -> (0.5 |r|^2, r^T J, J^T J)`` (the Fisher-information
+    Hessian), NaN where the residuals or their Jacobian are not finite; `evaluated(x)`, if
+    given, is called at every finite evaluation."""
+
+    def objective(x):
+        r, J = np.asarray(residuals(x)), np.asarray(jacobian(x))
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(J))):
+            return np.nan, np.full(x.shape, np.nan), np.full((x.size, x.size), np.nan)
+        if evaluated is not None:
+            evaluated(x)
+        return 0.5 * r @ r, r @ J, J.T @ J
+
+    return objective
+
+
 def run_fides(problem, starts, iterations, hierarchical):
     """fides (the reference stack's optimizer: reflective trust region, 2D subspace) with
     the Fisher-information (Gauss-Newton) Hessian, as pyPESTO runs it on AMICI."""
@@ -153,12 +169,7 @@ def run_fides(problem, starts, iterations, hierarchical):
 
     problem, starts = _objective(problem, starts, hierarchical)
     residuals, jacobian, nllh = _jitted_objective(problem, np.asarray(starts[0]))
-
-    def objective(x):
-        r, J = np.asarray(residuals(x)), np.asarray(jacobian(x))
-        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(J))):
-            return np.nan, np.full(x.shape, np.nan), np.full((x.size, x.size), np.nan)
-        return 0.5 * r @ r, r @ J, J.T @ J
+    objective = fides_objective(residuals, jacobian)
 
     def fit(x0):
         optimizer = fides.Optimizer(objective, ub=np.asarray(problem.upper),

@@ -46,14 +46,8 @@ def main():
     start = np.asarray(latin_hypercube_starts(problem, 100, 0)[44])
     residuals, jacobian, nllh = bench._jitted_objective(problem, start)
     path = []
-
-    def objective(x):
-        r, J = np.asarray(residuals(x)), np.asarray(jacobian(x))
-        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(J))):
-            return np.nan, np.full(x.shape, np.nan), np.full((x.size, x.size), np.nan)
-        path.append((x.copy(), float(nllh(x))))
-        return 0.5 * r @ r, r @ J, J.T @ J
-
+    objective = bench.fides_objective(
+        residuals, jacobian, lambda x: path.append((x.copy(), float(nllh(x)))))
     optimizer = fides.Optimizer(objective, ub=np.asarray(problem.upper),
                                 lb=np.asarray(problem.lower), verbose=logging.ERROR,
                                 options={fides.Options.MAXITER: 1000})
