@@ -145,7 +145,8 @@ def mass_diagonal(model, mass) -> np.ndarray:
         per_leaf = [mass] * len(leaves)
     else:
         per_leaf = treedef.flatten_up_to(mass)
-    parts = [np.broadcast_to(np.asarray(m, np.float64), leaf.shape).reshape(-1) for m, leaf in zip(per_leaf, leaves)]
+    parts = [np.broadcast_to(np.asarray(m, np.float64), leaf.shape).reshape(-1)
+             for m, leaf in zip(per_leaf, leaves)]
     return np.concatenate(parts)
 
 

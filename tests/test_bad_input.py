@@ -70,7 +70,8 @@ def test_dense_function_indefinite_raises_inside_jit():
         out = run(model)
         jax.block_until_ready(out)
         # reaching here means no error: make the failure say whether NaNs came back
-        pytest.fail(f"no error raised; finite={[bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(out)]}")
+        finite = [bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(out)]
+        pytest.fail(f"no error raised; finite={finite}")
     assert "positive semidefinite" in str(info.value)
 
 
@@ -94,7 +95,8 @@ def test_dense_function_psd_inside_jit_is_fine():
 def test_non_positive_float_mass(mass):
     model, x, y = _small()
     with pytest.raises(ValueError, match="mass"):
-        modopt.riemannian_gradient(model, squared_error, x, y, output_metric=metrics.Identity(), mass=mass)
+        modopt.riemannian_gradient(model, squared_error, x, y,
+                                   output_metric=metrics.Identity(), mass=mass)
 
 
 @pytest.mark.parametrize("kind", ["jax_scalar", "numpy_float32"])
@@ -102,7 +104,8 @@ def test_non_positive_array_scalar_mass(kind):
     model, x, y = _small()
     mass = jnp.asarray(-1.0) if kind == "jax_scalar" else np.float32(-1.0)
     with pytest.raises(ValueError, match="mass"):
-        modopt.riemannian_gradient(model, squared_error, x, y, output_metric=metrics.Identity(), mass=mass)
+        modopt.riemannian_gradient(model, squared_error, x, y,
+                                   output_metric=metrics.Identity(), mass=mass)
 
 
 def test_non_positive_pytree_mass():
@@ -110,7 +113,8 @@ def test_non_positive_pytree_mass():
     mass = jax.tree.map(lambda a: 1.0, eqx.filter(model, eqx.is_inexact_array))
     mass = eqx.tree_at(lambda t: t.modules[2].bias, mass, -1.0)
     with pytest.raises(ValueError, match="mass"):
-        modopt.riemannian_gradient(model, squared_error, x, y, output_metric=metrics.Identity(), mass=mass)
+        modopt.riemannian_gradient(model, squared_error, x, y,
+                                   output_metric=metrics.Identity(), mass=mass)
 
 
 def test_module_mass_must_be_positive():

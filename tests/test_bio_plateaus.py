@@ -38,9 +38,25 @@ def test_line_spans_the_chord_of_the_box_and_reach_where_it_is_open():
     np.testing.assert_allclose(open_line[:, 0], 0.0)
 
 
+def test_minor_components_are_left_out_of_the_scan():
+    # The kernel vector of Elowitz_Nature2000 at a stalled fit: mostly one parameter,
+    # with 1 % in another that sits on its bound. The scan crosses the box along the
+    # first and leaves the second where it is.
+    lower, upper = np.full(2, -5.0), np.full(2, 3.0)
+    x, e = np.array([-4.13, -5.0]), np.array([-1.0, 0.01]) / np.hypot(1.0, 0.01)
+    line = PlateauEscape(points=9, minor=0.01).line(x, e, lower, upper)
+    np.testing.assert_allclose(sorted([line[0, 0], line[-1, 0]]), [-5.0, 3.0], atol=1e-12)
+    np.testing.assert_allclose(line[:, 1], -5.0)
+    # Counting every component (the default), the second stops the chord at x: only the
+    # short side, towards the first one's lower bound, is scanned.
+    short = PlateauEscape(points=9).line(x, e, lower, upper)
+    np.testing.assert_allclose([short[:, 0].min(), short[:, 0].max()], [-5.0, -4.13])
+
+
 @pytest.mark.parametrize("bad", [dict(points=1), dict(null_tolerance=0.0),
                                  dict(null_tolerance=1.0), dict(min_gain=-1.0),
-                                 dict(rounds=0), dict(reach=0.0)])
+                                 dict(rounds=0), dict(reach=0.0),
+                                 dict(minor=1.0), dict(minor=-0.1)])
 def test_bad_settings_are_value_errors(bad):
     with pytest.raises(ValueError, match="PlateauEscape"):
         PlateauEscape(**bad)

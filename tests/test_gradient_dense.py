@@ -68,27 +68,33 @@ def _net(seed):
     if seed == 2:
         return Parallel([L(3, 2, key=k[0]), L(4, 3, key=k[1])]), 7, 4
     if seed == 3:
-        return Sequential([L(5, 8, key=k[0]), tanh, L(8, 8, key=k[1]), sin, L(8, 3, key=k[2])]), 5, 6
+        layers = [L(5, 8, key=k[0]), tanh, L(8, 8, key=k[1]), sin, L(8, 3, key=k[2])]
+        return Sequential(layers), 5, 6
     if seed == 4:  # 5 blocks
         return Sequential([
             L(4, 6, key=k[0]), tanh, L(6, 6, key=k[1]), tanh, L(6, 5, key=k[2], use_bias=False),
             softplus, L(5, 4, key=k[3]), tanh, L(4, 3, key=k[4]),
         ]), 4, 10
     if seed == 5:  # Parallel inside Sequential, 4 blocks
-        par = Parallel([Sequential([L(3, 4, key=k[0]), tanh, L(4, 2, key=k[1])]), L(2, 3, key=k[2])])
+        par = Parallel([Sequential([L(3, 4, key=k[0]), tanh, L(4, 2, key=k[1])]),
+                        L(2, 3, key=k[2])])
         return Sequential([par, tanh, L(5, 4, key=k[3])]), 5, 5
     if seed == 6:
-        return Sequential([L(2, 30, key=k[0]), tanh, L(30, 30, key=k[1]), tanh, L(30, 1, key=k[2])]), 2, 40
+        layers = [L(2, 30, key=k[0]), tanh, L(30, 30, key=k[1]), tanh, L(30, 1, key=k[2])]
+        return Sequential(layers), 2, 40
     if seed == 7:
         return Sequential([L(6, 10, key=k[0]), tanh, L(10, 4, key=k[1])]), 6, 12
     if seed == 8:  # blocks of 1, 6 and 4 parameters
-        return Parallel([L(1, 1, key=k[0], use_bias=False), L(2, 2, key=k[1]), L(3, 1, key=k[2])]), 6, 7
+        parts = [L(1, 1, key=k[0], use_bias=False), L(2, 2, key=k[1]), L(3, 1, key=k[2])]
+        return Parallel(parts), 6, 7
     if seed == 9:  # blocks of 440, 1845 and 92 parameters
-        return Sequential([L(10, 40, key=k[0]), tanh, L(40, 45, key=k[1]), tanh, L(45, 2, key=k[2])]), 10, 30
+        layers = [L(10, 40, key=k[0]), tanh, L(40, 45, key=k[1]), tanh, L(45, 2, key=k[2])]
+        return Sequential(layers), 10, 30
     if seed == 10:  # batch 1
         return Sequential([L(3, 5, key=k[0]), tanh, L(5, 2, key=k[1])]), 3, 1
     if seed == 11:  # d = 120
-        return Sequential([L(8, 8, key=k[0]), tanh, L(8, 8, key=k[1]), tanh, L(8, 8, key=k[2])]), 8, 15
+        layers = [L(8, 8, key=k[0]), tanh, L(8, 8, key=k[1]), tanh, L(8, 8, key=k[2])]
+        return Sequential(layers), 8, 15
     if seed == 12:  # Parallel of Sequentials, 5 blocks
         par = Parallel([
             Sequential([L(4, 3, key=k[0]), tanh, L(3, 3, key=k[1])]),
@@ -390,7 +396,8 @@ def test_module_declared_mass_overrides_float():
     targets = jnp.zeros((6, 2))
     params = eqx.filter(model, eqx.is_inexact_array)
     mass_tree = jax.tree.map(lambda _: 0.4, params)
-    mass_tree = eqx.tree_at(lambda t: (t.modules[0].weight, t.modules[0].bias), mass_tree, (2.5, 2.5))
+    mass_tree = eqx.tree_at(lambda t: (t.modules[0].weight, t.modules[0].bias), mass_tree,
+                            (2.5, 2.5))
     m = np.eye(12)
     _, ref = dense_reference_direction(model, squared_error, inputs, targets, m, mass_tree)
     for jac, solve in [("rev_structured", "woodbury"), ("rev_plain", "primal")]:
@@ -570,7 +577,8 @@ def test_one_block_equals_full_natural_gradient():
     model, inputs, targets, loss_fn, metric = problem(net, "gn_se")
     labels = _custom_labels(model, "one_block")
     _, u = solve_direction(
-        model, loss_fn, inputs, targets, metric, MASS, modopt.Reverse(), modopt.AutoSolve(), blocks=labels
+        model, loss_fn, inputs, targets, metric, MASS, modopt.Reverse(), modopt.AutoSolve(),
+        blocks=labels
     )
     from jax.flatten_util import ravel_pytree
 

@@ -46,7 +46,10 @@ def test_identity():
 def test_diagonal(shape):
     w = RNG.uniform(0.0, 3.0, shape)
     m = metrics.Diagonal(jnp.asarray(w))
-    expected = np.diag(np.broadcast_to(w.reshape(-1) if w.size == D else w, (BATCH, OUT)).reshape(-1)) if w.size != D else np.diag(w.reshape(-1))
+    if w.size == D:
+        expected = np.diag(w.reshape(-1))
+    else:
+        expected = np.diag(np.broadcast_to(w, (BATCH, OUT)).reshape(-1))
     _close(_gram(m), expected)
     _close(_gram(m), metric_matrix_for(m, PRED, TARG, squared_error))
 
@@ -86,7 +89,8 @@ def test_softmax_cross_entropy_factor_is_hessian_root():
     rows = np.asarray(factor.rows)
     for n in range(BATCH):
         assert np.linalg.matrix_rank(rows[n], tol=1e-10) == OUT - 1
-        assert np.linalg.matrix_rank(hess[n * OUT:(n + 1) * OUT, n * OUT:(n + 1) * OUT], tol=1e-12) == OUT - 1
+        block = hess[n * OUT:(n + 1) * OUT, n * OUT:(n + 1) * OUT]
+        assert np.linalg.matrix_rank(block, tol=1e-12) == OUT - 1
 
 
 @pytest.mark.parametrize("loss_fn", [logcosh_loss, cauchy_loss])
