@@ -41,9 +41,8 @@ class PlateauEscape(eqx.Module):
       which along a long chord add changes that do cost, and one of them on its bound
       shortens the chord to nothing (on Elowitz_Nature2000 the kernel vector along
       ``init_Y_protein`` has 0.01 in ``init_GFP_mRNA``, which sits on its bound). The
-      default 0 keeps every component: 0.01 lengthens the chords, and on
-      Fiedler_BMCSystBiol2016 (100 starts) the scans then took 613 of 1448 s instead
-      of 235 of 1343 s, for one start fewer within 2 (docs/bio.md).
+      default 0 keeps every component: longer chords reach the box's costly corners
+      (measured in docs/bio.md, under Elowitz).
     """
 
     points: int = 17
