@@ -32,7 +32,8 @@ def test_bad_settings_are_value_errors(bad):
         EarlyAbandon(**bad)
 
 
-State = namedtuple("State", ["undamped_norm2", "count"])
+# Every step accepted, the norms above gtol: only the scheduler can end a start early.
+State = namedtuple("State", ["undamped_norm2", "riemannian_norm2", "accepted", "count"])
 
 # nllh after each chunk, per start (start i has x = i): 0 reaches the best fast, 1 creeps
 # far above it, 2 falls from far above in big steps.
@@ -44,11 +45,14 @@ SCRIPT = {0: [100.0, -50.0, -60.0, -60.0, -60.0],
 def _scripted_call(runners, name, *args):
     if name == "init":
         batch = np.asarray(args[0])
-        return State(np.full(batch.shape[0], np.inf), np.zeros(batch.shape[0], np.int32))
+        n = batch.shape[0]
+        return State(np.full(n, np.inf), np.full(n, np.inf), np.ones(n, bool),
+                     np.zeros(n, np.int32))
     x, state = np.asarray(args[0]), args[1]
     count = np.asarray(state.count) + 1
     value = np.array([SCRIPT[int(round(xi[0]))][c - 1] for xi, c in zip(x, count)])
-    return x, State(np.ones(x.shape[0]), count), value
+    n = x.shape[0]
+    return x, State(np.ones(n), np.ones(n), np.ones(n, bool), count), value
 
 
 def test_the_scheduler_abandons_the_start_that_cannot_catch_up(monkeypatch):

@@ -244,6 +244,63 @@ def test_a_start_of_the_steps_that_meets_gtol_stops_inside_its_chunk():
     assert float(state.undamped_norm2[0]) < 1e-6
 
 
+def test_a_start_whose_rejected_step_promised_less_than_gtol_has_converged():
+    """With the benchmark's ODE tolerances (rtol 1e-6) Perelson has a point near its
+    upper bound where the undamped norm stays above gtol (1.5e-5) but the nllh cannot
+    be lowered within the accuracy of the solves: a step promising less than gtol is
+    rejected. The steps stop there inside the first chunk instead of rejecting steps to
+    its end; scipy's trf polishing from there (the reference) gains less than 1e-4."""
+    import jax
+    from scipy.optimize import least_squares
+
+    from modopt.bio.hierarchical import kinds_to_profile, profiled
+
+    problem = load_petab(PERELSON, rtol=1e-6, atol=1e-8)
+    objective = profiled(problem, kinds_to_profile(problem, "auto"))
+    runners = fit_module._runners(objective, "steps", 100, 20, 1e-3, 1.0, 60.0, 1e-6, 0)
+    x = np.array([[-0.01427985, 4.88598027]])  # where a start of the benchmark stalled
+    state = fit_module._fresh_states(runners, x, 1)
+    x, state, value = fit_module._call(runners, "chunk",
+                                       *fit_module._slot_batch(x, state, np.arange(1)))
+    assert int(state.count[0]) < 20
+    assert float(state.undamped_norm2[0]) > 1e-6 and not bool(state.accepted[0])
+    assert bool(fit_module._stationary(state, 1e-6)[0])
+    polished = least_squares(
+        jax.jit(objective._residuals), np.asarray(x[0]),
+        jac=jax.jit(jax.jacfwd(objective._residuals)),
+        bounds=(objective.lower, objective.upper), method="trf", ftol=1e-12, xtol=1e-12)
+    assert float(value[0]) - float(objective._nllh(polished.x)) < 1e-4
+
+
+def test_a_start_whose_nllh_cannot_be_evaluated_is_failed_after_one_chunk(monkeypatch):
+    """A start whose chunk ends with a NaN nllh (every step rejected: its parameters
+    cannot be evaluated, as with a log observable of a state the solve left just below
+    zero) is marked failed after that chunk, keeps its start and the nllh there, and
+    costs no further chunks; the other start goes on."""
+    problem = load_petab(PERELSON)
+    starts = np.asarray(problem.x_nominal)[None] + np.array([[0.2], [0.6]])
+    poisoned, calls = starts[1], []
+    real_call = fit_module._call
+
+    def call(runners, name, *args):
+        result = real_call(runners, name, *args)
+        rows = np.flatnonzero(np.all(np.asarray(args[0]) == poisoned, 1))
+        if name != "chunk" or not rows.size:
+            return result
+        calls.append(rows)
+        x, state, value = result
+        return (x.at[rows].set(args[0][rows]), state,
+                value.at[rows].set(np.nan))
+
+    monkeypatch.setattr(fit_module, "_call", call)
+    fit = fit_petab(problem, starts, method="steps", iterations=100, batch_size=1,
+                    hierarchical=False, escape=None, abandon=None, progress=False)
+    assert len(calls) == 1
+    assert fit.status[1] == "failed" and fit.status[0] == "converged"
+    np.testing.assert_array_equal(fit.x[1], poisoned)
+    assert fit.nllh[1] == pytest.approx(float(problem.nllh(poisoned)), rel=1e-9)
+
+
 def test_starts_fitted_in_small_or_chosen_batches_end_as_in_one_batch():
     """The scheduler (5 starts through batches of 2, or of 5 and 1 as ``"auto"`` picks: a
     start enters when another one is done) gives every start the fit it gets in one

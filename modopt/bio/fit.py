@@ -200,8 +200,10 @@ def fit_petab(
       stopped changing (for the steps over a chunk, for the flow over the last fifth
       of its pseudo-time). For the steps ``G`` has the
       adaptive mass at its least (`StepState.undamped_norm2`): on a plateau, where the
-      model hardly depends on ``x``, the mass alone would make the norm small. A start
-      of the steps stops inside a chunk when it meets `gtol`.
+      model hardly depends on ``x``, the mass alone would make the norm small. A step
+      of the steps that promised less than `gtol` and was still rejected also ends the
+      start as converged: the ODE solves' own error is then larger than what is left
+      to gain. A start of the steps stops inside a chunk when it meets `gtol`.
     - `retries`: for ``"steps"``, how often a rejected step is tried again within the
       same iteration with 4 times the mass, from the same Jacobian (a loss evaluation
       and a solve each; `AdaptiveMass`), so that more iterations move. Each try costs a
@@ -242,8 +244,9 @@ def fit_petab(
     **Returns:** a `MultistartResult`. A start whose model cannot be integrated at its
     starting point is marked ``"failed_at_start"``. Failed steps are rejected; a start
     whose solve raises (a runtime error, not a result code) is marked ``"failed"`` and
-    keeps its last good parameters and their nllh (for the flow, its start). No start
-    stops the others.
+    keeps its last good parameters and their nllh (for the flow, its start); so is a
+    start of the steps whose nllh at its current parameters is not finite (every step
+    from there would be rejected). No start stops the others.
 
     **Raises:** `ValueError` for a bad `method`, `ode_solver`, `stepsize_controller`,
     `retries`, `batch_size`, `escape` or `hierarchical`, or starts of the wrong shape.
@@ -433,7 +436,7 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
         # on a plateau where the model hardly depends on x) also makes the norm small.
         def going(carry):
             _, state, count = carry
-            return (count < chunk) & ~(state.undamped_norm2 < gtol)
+            return (count < chunk) & ~_stationary(state, gtol)
 
         def body(carry):
             x, state, count = carry
@@ -447,6 +450,14 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
     runners["chunk"] = jax.jit(jax.vmap(run_chunk))
     runners["init"] = jax.jit(jax.vmap(lambda x: optimizer.init(PetabResiduals(x, problem))))
     return runners
+
+
+def _stationary(state, gtol):
+    """Whether the steps have converged: the undamped norm ``g^T G^-1 g`` is below
+    `gtol`, or a step that promised a decrease below `gtol` was rejected (the nllh
+    cannot be lowered by that much within the accuracy of the ODE solves: without this,
+    such a start rejected every step until the end of its chunk)."""
+    return (state.undamped_norm2 < gtol) | (~state.accepted & (state.riemannian_norm2 < gtol))
 
 
 def _slot_count(count, batch_size):
@@ -621,10 +632,15 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, abandon,
                 functools.partial(_call, runners, "chunk"), *batch, np.zeros(slots, bool))
         chooser.record(slots, time.perf_counter() - called, ids.size)
         live = slice(0, ids.size)
-        xs[ids] = np.asarray(x)[live]
+        # Steps move only to where the loss is finite, so a NaN nllh after a chunk means
+        # that the start's parameters cannot be evaluated (a log observable of a state
+        # the ODE solve left just below zero, for one): every further step would be
+        # rejected. It keeps the parameters it had before the chunk.
+        unevaluable = ~np.isfinite(np.asarray(value)[live])
+        xs[ids] = np.where(unevaluable[:, None], xs[ids], np.asarray(x)[live])
         for store, leaf in zip(jax.tree.leaves(states), jax.tree.leaves(state)):
             store[ids] = np.asarray(leaf)[live]
-        broken[ids] |= raised[live]
+        broken[ids] |= raised[live] | unevaluable
         value = np.where(broken[ids], values[ids], np.asarray(value)[live])
         values[ids] = value
         done[ids] += chunk
@@ -634,7 +650,7 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, abandon,
         # projected step is zero but the gradient is not) no progress over a chunk.
         with np.errstate(invalid="ignore"):
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
-        converged[ids] = (np.asarray(state.undamped_norm2)[live] < gtol) | stalled
+        converged[ids] = np.asarray(_stationary(state, gtol))[live] | stalled
         best = np.nanmin(values) if np.isfinite(values).any() else np.nan
         if abandon is not None:
             chunks_left = -(-(iterations - done[ids]) // chunk)
