@@ -273,10 +273,11 @@ def test_a_start_whose_rejected_step_promised_less_than_gtol_has_converged():
 
 
 def test_a_start_whose_nllh_cannot_be_evaluated_is_failed_after_one_chunk(monkeypatch):
-    """A start whose chunk ends with a NaN nllh (every step rejected: its parameters
-    cannot be evaluated, as with a log observable of a state the solve left just below
-    zero) is marked failed after that chunk, keeps its start and the nllh there, and
-    costs no further chunks; the other start goes on."""
+    """A start whose chunk ends with a NaN nllh (its parameters cannot be evaluated, as
+    with a log observable of a state the solve left just below zero) is marked failed
+    after that chunk, keeps the parameters it had before it (here its start, though the
+    chunk moved) and the nllh there, and costs no further chunks; the other start goes
+    on."""
     problem = load_petab(PERELSON)
     starts = np.asarray(problem.x_nominal)[None] + np.array([[0.2], [0.6]])
     poisoned, calls = starts[1], []
@@ -289,8 +290,7 @@ def test_a_start_whose_nllh_cannot_be_evaluated_is_failed_after_one_chunk(monkey
             return result
         calls.append(rows)
         x, state, value = result
-        return (x.at[rows].set(args[0][rows]), state,
-                value.at[rows].set(np.nan))
+        return x, state, value.at[rows].set(np.nan)
 
     monkeypatch.setattr(fit_module, "_call", call)
     fit = fit_petab(problem, starts, method="steps", iterations=100, batch_size=1,

@@ -430,10 +430,8 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
                                 adaptive_mass=adaptive, max_norm=max_step, box=box)
 
     def run_chunk(x, state):
-        # A start that meets gtol stops inside the chunk: alone in its batch it then
+        # A start that has converged stops inside the chunk: alone in its batch it then
         # costs no more solves (in a larger batch it waits, masked, for the others).
-        # The norm without the damping: a large mass (rejected steps, or the first steps
-        # on a plateau where the model hardly depends on x) also makes the norm small.
         def going(carry):
             _, state, count = carry
             return (count < chunk) & ~_stationary(state, gtol)
@@ -453,10 +451,10 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
 
 
 def _stationary(state, gtol):
-    """Whether the steps have converged: the undamped norm ``g^T G^-1 g`` is below
-    `gtol`, or a step that promised a decrease below `gtol` was rejected (the nllh
-    cannot be lowered by that much within the accuracy of the ODE solves: without this,
-    such a start rejected every step until the end of its chunk)."""
+    """Whether the steps have converged: the norm ``g^T G^-1 g`` without the damping is
+    below `gtol` (with it, a large mass after rejected steps or on a plateau would make
+    the norm small too), or a step that promised less than `gtol` was rejected (the
+    nllh cannot be lowered by that much within the accuracy of the ODE solves)."""
     return (state.undamped_norm2 < gtol) | (~state.accepted & (state.riemannian_norm2 < gtol))
 
 
@@ -646,8 +644,8 @@ def _steps_in_batches(runners, x0, chooser, *, iterations, chunk, gtol, abandon,
         done[ids] += chunk
         for i, v in zip(ids, value):
             traces[i].append(v)
-        # Converged: Fisher-metric gradient norm below gtol, or (at a bound, where the
-        # projected step is zero but the gradient is not) no progress over a chunk.
+        # Converged: `_stationary`, or (at a bound, where the projected step is zero but
+        # the gradient is not) no progress over a chunk.
         with np.errstate(invalid="ignore"):
             stalled = np.abs(previous[ids] - value) < 1e-6 * (1 + np.abs(value))
         converged[ids] = np.asarray(_stationary(state, gtol))[live] | stalled
