@@ -156,3 +156,28 @@ def test_flow_in_a_box_ends_at_the_bounded_least_squares_solution(ode_solver):
     w = np.asarray(sol.model.weight[0])
     assert np.all(w >= lower) and np.all(w <= upper)
     np.testing.assert_allclose(w, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("ode_solver, rtol", [(modopt.Ros2(), 0.1), (diffrax.Tsit5(), 1e-4)])
+def test_a_flow_pushed_into_a_corner_of_its_box_reaches_it(ode_solver, rtol):
+    # Two nearly collinear columns and an optimum beyond both upper bounds: the
+    # Gauss-Newton part of the metric outweighs the box's mass, so steps overshoot the
+    # bounds. Rejecting them shrank the steps to nothing (max_steps or nonfinite_step);
+    # clipped, the flow ends in the corner that scipy's bounded least squares finds.
+    from scipy.optimize import lsq_linear
+
+    a = jnp.array([[1.0, 1.0], [1.0, 1.01], [0.0, 0.01]])
+    b = jnp.array([[3.0], [3.0], [1.0]])
+    model = modopt.Linear(2, 1, key=jr.PRNGKey(0), use_bias=False)
+    model = eqx.tree_at(lambda m: m.weight, model, jnp.zeros((1, 2)))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    box = modopt.Box(eqx.tree_at(lambda m: m.weight, params, -jnp.ones((1, 2))),
+                     eqx.tree_at(lambda m: m.weight, params, jnp.ones((1, 2))))
+    reference = lsq_linear(np.asarray(a), np.asarray(b)[:, 0], bounds=(-1.0, 1.0)).x
+    sol = modopt.flow(
+        model, modopt.losses.squared_error, a, b, output_metric=modopt.metrics.Identity(),
+        mass=1e-3, s1=60.0, box=box, ode_solver=ode_solver, max_steps=200,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol),
+    )
+    assert sol.result == modopt.RESULTS.successful
+    np.testing.assert_allclose(np.asarray(sol.model.weight[0]), reference, atol=1e-6)
