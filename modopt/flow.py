@@ -186,13 +186,14 @@ def flow(
     def inside(p):
         return p if box is None else box.clip(p)
 
+    def model_at(p):
+        return eqx.combine(inside(p), static)
+
     def direction(p):
-        return riemannian_direction(eqx.combine(inside(p), static), loss_fn, inputs, targets,
-                                    **metric)
+        return riemannian_direction(model_at(p), loss_fn, inputs, targets, **metric)
 
     def linearise_at(p):
-        *_, solve, product = linearise(eqx.combine(inside(p), static), loss_fn, inputs,
-                                       targets, **metric)
+        *_, solve, product = linearise(model_at(p), loss_fn, inputs, targets, **metric)
         return solve, product
 
     def vector_field(s, p, args):
@@ -201,7 +202,7 @@ def flow(
         return jax.tree.map(lambda u: jnp.where(d.is_finite, -u, jnp.nan), d.direction)
 
     def loss_at(s, p, args):
-        return loss_fn(jax.vmap(eqx.combine(inside(p), static))(inputs), targets)
+        return loss_fn(jax.vmap(model_at(p))(inputs), targets)
 
     def is_good(p):
         return jnp.isfinite(loss_at(None, p, None))

@@ -419,7 +419,7 @@ def _build_runners(problem, method, iterations, chunk, mass, max_step, s1, gtol,
             solution = flow(PetabResiduals(x, problem), _loss, inputs, targets,
                             output_metric=output_metric, mass=mass, s1=s1,
                             max_steps=iterations, box=box, **dict(flow_options))
-            final = jnp.clip(solution.model.x, lower, upper)
+            final = solution.model.x  # clipped to `box` by `flow`
             return final, nllh_of(final), solution.riemannian_norm2, solution.losses
 
         runners["flow"] = jax.jit(jax.vmap(run_flow))
